@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up (idempotent), pretrain a source model on Fashion-MNIST classes 0-4 (cached), then search on classes 5-9:
+# freeze depth, head/backbone learning rates, data fraction and pretrained-vs-scratch, with ASHA. Offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1
+dataset=fashion-mnist-split
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "${TLSEARCH_FASHION_MNIST_DIR:-}" ]; then
+  echo "quickstart: Fashion-MNIST is not installed (Debian package dataset-fashion-mnist); using digits-split"
+  dataset=digits-split
+fi
+data_dir=(); [ -n "${TLSEARCH_FASHION_MNIST_DIR:-}" ] && data_dir=(--data-dir "$TLSEARCH_FASHION_MNIST_DIR")
+weights=results/weights/resnet10t-${dataset}-source.safetensors
+.venv/bin/tlsearch pretrain --dataset "$dataset" "${data_dir[@]}" --model resnet10t --image-size 32 --epochs 1 \
+  --out "$weights"
+.venv/bin/tlsearch run --dataset "$dataset" "${data_dir[@]}" --model resnet10t --weights "$weights" \
+  --trials 12 --max-epochs 6 --grace-period 1 --reduction-factor 2 \
+  --data-fraction 0.01,0.03,0.1 --name "quickstart-$(date +%Y%m%d-%H%M%S)" "$@"

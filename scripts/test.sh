@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (idempotent), then lint, type-check and run the whole test suite, offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1
+.venv/bin/ruff check tlsearch tests benchmarks
+.venv/bin/mypy tlsearch
+.venv/bin/pytest -q "$@"

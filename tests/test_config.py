@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tlsearch.config import Param, SearchConfig, SpaceConfig, build_config, parse_param
+from tlsearch.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("0.1", Param.fixed(0.1)),
+        ("0.01,0.1", Param.choice(0.01, 0.1)),
+        ("1e-4:1e-2", Param.range(1e-4, 1e-2, log=True)),
+        ({"low": 1e-4, "high": 1e-2, "log": False}, Param.range(1e-4, 1e-2, log=False)),
+        ([0.5, 0.5], Param.fixed(0.5)),
+        ("0.2:0.2", Param.fixed(0.2)),
+    ],
+)
+def test_parse_param_forms(raw: object, expected: Param) -> None:
+    assert parse_param("head_lr", raw, cast=float, log=True) == expected
+
+
+def test_parse_int_param_rejects_fractions() -> None:
+    with pytest.raises(ConfigError, match="whole number"):
+        parse_param("freeze_depth", "1.5", cast=int)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"head_lr": "1e-2:1e-4"}, "above high"),
+        ({"backbone_lr": "0:1e-2"}, "must be > 0"),
+        ({"data_fraction": "0"}, r"\(0, 1\]"),
+        ({"data_fraction": "0.5:1.5"}, r"\(0, 1\]"),
+        ({"trials": 0}, "trials"),
+        ({"max_epochs": 2, "grace_period": 3}, "grace_period 3 is above max_epochs 2"),
+        ({"name": "a/b"}, "no path separators"),
+        ({"init": "imagenet"}, "valid: pretrained, scratch"),
+        ({"freeze_depth": "-1"}, "freeze_depth"),
+        ({"reduction_factor": 1}, "reduction_factor"),
+    ],
+)
+def test_bad_values_are_one_clear_error(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(None, **overrides)
+
+
+def test_yaml_file_with_flags_overriding(tmp_path: Path) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text("model: test_resnet\ntrials: 5\nspace:\n  data_fraction: [0.1, 0.5]\n  init: pretrained\n")
+    config = build_config(path, trials=7)
+    assert config.model == "test_resnet"
+    assert config.trials == 7
+    assert config.space.data_fraction == Param.choice(0.1, 0.5)
+    assert config.space.init == Param.fixed("pretrained")
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "search.toml"
+    path.write_text('model = "test_vit"\nmax_epochs = 3\n[space]\nhead_lr = {low = 0.001, high = 0.1}\n')
+    config = build_config(path)
+    assert config.max_epochs == 3
+    assert config.space.head_lr == Param.range(0.001, 0.1, log=True)
+
+
+def test_unknown_key_names_valid_keys(tmp_path: Path) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text("modle: resnet10t\n")
+    with pytest.raises(ConfigError, match="unknown key.*modle.*valid:.*model"):
+        build_config(path)
+
+
+def test_wrong_type_in_file(tmp_path: Path) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text("trials: many\n")
+    with pytest.raises(ConfigError, match="trials: expected a number, got 'many'"):
+        build_config(path)
+
+
+def test_freeze_range_resolved_and_checked() -> None:
+    space = SpaceConfig()
+    assert space.with_freeze_range(6).freeze_depth == Param.range(0, 5)
+    with pytest.raises(ConfigError, match="valid depths are 0..5"):
+        SpaceConfig(freeze_depth=Param.range(0, 6)).with_freeze_range(6)
+
+
+def test_round_trip_to_dict() -> None:
+    config = build_config(None, model="test_resnet", head_lr="0.01,0.02")
+    assert SearchConfig.from_dict(config.to_dict()) == config

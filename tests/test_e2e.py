@@ -1,0 +1,52 @@
+"""A real search on a local 2-CPU Ray: Optuna + ASHA + TorchTrainer trials, tables checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from tlsearch import pretrain, results
+from tlsearch.config import build_config
+from tlsearch.search import run_search
+
+pytestmark = pytest.mark.slow
+
+
+def test_search_end_to_end(tmp_path: Path, ray_2_cpus: None) -> None:
+    weights = tmp_path / "source.safetensors"
+    pretrain("digits-split", "test_resnet", weights, epochs=2, image_size=16, echo=lambda _: None)
+    config = build_config(
+        None, dataset="digits-split", model="test_resnet", weights=str(weights), trials=6, max_epochs=4,
+        grace_period=1, reduction_factor=2, name="e2e", results_dir=str(tmp_path / "results"), seed=0,
+        data_fraction="0.3,1.0", batch_size=32,
+    )
+    outcome = run_search(config, echo=lambda _: None, verbose=0)
+    tables = results.open(tmp_path / "results")
+    trials = tables.trials.to_table()
+    epochs = tables.epochs.to_table()
+    experiment = tables.experiments.to_table().to_pylist()[0]
+
+    assert trials.num_rows == 6
+    statuses = trials["status"].to_pylist()
+    assert set(statuses) <= {"completed", "stopped"}, trials.select(["trial_id", "status", "error"]).to_pylist()
+    assert "stopped" in statuses, "ASHA stopped no trial"
+    assert "completed" in statuses
+    assert sorted(trials["init"].to_pylist()) == ["pretrained"] * 3 + ["scratch"] * 3
+    for row in trials.to_pylist():
+        mine = epochs.filter(pc.equal(epochs["trial_id"], row["trial_id"])).sort_by("epoch")
+        assert mine["epoch"].to_pylist() == list(range(1, row["epochs"] + 1))
+        for column in ("wall_s", "device_s", "samples_seen", "train_flops"):
+            values = mine[column].to_pylist()
+            assert values == sorted(values) and values[-1] == pytest.approx(row[column])
+        assert row["samples_seen"] == row["epochs"] * row["train_size"] - (
+            row["epochs"] * (row["train_size"] % 32) if row["train_size"] > 32 else 0)
+        assert 0.0 <= row["best_val_acc"] <= 1.0
+        if row["init"] == "scratch":
+            assert row["freeze_depth"] == 0
+    by_depth = {r["freeze_depth"]: r["flops_per_sample"] for r in trials.to_pylist()}
+    assert by_depth[max(by_depth)] <= by_depth[0]
+    assert experiment["experiment"] == "e2e" and experiment["best_val_acc"] == max(trials["best_val_acc"].to_pylist())
+    assert experiment["ray_version"] and experiment["torch_version"]
+    assert outcome.folder == (tmp_path / "results" / "e2e").resolve()

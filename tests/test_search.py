@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from tlsearch.config import build_config
+from tlsearch.errors import ConfigError
+from tlsearch.search import plan_resources, prepare
+
+
+def test_concurrency_counts_every_cpu_a_trial_holds() -> None:
+    one = plan_resources(build_config(None, trials=10), {"CPU": 2.0})
+    assert (one.concurrency, one.threads, one.use_gpu) == (2, 1, False)
+    two = plan_resources(build_config(None, trials=10, num_workers=2), {"CPU": 2.0})
+    assert two.concurrency == 1
+    capped = plan_resources(build_config(None, trials=10, max_concurrent=1), {"CPU": 8.0})
+    assert capped.concurrency == 1
+    few_trials = plan_resources(build_config(None, trials=3), {"CPU": 8.0})
+    assert few_trials.concurrency == 3
+
+
+def test_gpus_bound_concurrency_when_present() -> None:
+    res = plan_resources(build_config(None, trials=10), {"CPU": 16.0, "GPU": 2.0})
+    assert res.use_gpu and res.concurrency == 2
+    cpu_only = plan_resources(build_config(None, trials=10, use_gpu=False), {"CPU": 16.0, "GPU": 2.0})
+    assert not cpu_only.use_gpu and cpu_only.concurrency == 10
+
+
+def test_a_trial_that_cannot_fit_is_refused() -> None:
+    with pytest.raises(ConfigError, match="a trial needs 3 CPU"):
+        plan_resources(build_config(None, num_workers=3), {"CPU": 2.0})
+    with pytest.raises(ConfigError, match="needs as many GPUs"):
+        plan_resources(build_config(None, use_gpu=True), {"CPU": 2.0})
+
+
+def test_prepare_resolves_space_and_decodes_once(tmp_path) -> None:
+    plan = prepare(build_config(None, model="test_resnet", init="scratch", image_size=16,
+                                results_dir=str(tmp_path / "r"), name="p"))
+    assert plan.num_groups == 6
+    assert plan.config.space.freeze_depth is not None and plan.config.space.freeze_depth.bounds() == (0, 5)
+    assert plan.images.shape[1:] == (3, 16, 16)
+    assert len(plan.pool) + len(plan.val) == len(plan.labels)
+    assert not (tmp_path / "r").exists()  # nothing is written before the search starts

@@ -1,0 +1,305 @@
+"""The only module that knows timm: build models, load weights, group parameters, freeze, count FLOPs.
+
+Freeze depth is defined through the model's own contract, never by its name: the coarse
+``group_matcher`` groups (group 0 = stem, last = head plus anything unmatched). Models without a
+``group_matcher`` fall back to one group per top-level child module, with the classifier last.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+from timm.layers import freeze_batch_norm_2d
+from timm.models import group_parameters
+from torch import nn
+
+from tlsearch.errors import ModelError, WeightsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model eats: channels, square size and per-channel normalisation."""
+
+    in_chans: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SourceWeights:
+    """Pretrained weights resolved once by the driver and shipped to every worker."""
+
+    state_dict: dict[str, torch.Tensor]
+    num_classes: int
+    input_spec: InputSpec
+    origin: str
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    """Which parameters train after freezing the first ``depth`` of ``num_groups`` groups."""
+
+    depth: int
+    num_groups: int
+    frozen: tuple[str, ...]
+    backbone: tuple[str, ...]
+    head: tuple[str, ...]
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+        raise ModelError(f"unknown timm model {name!r}{hint}")
+
+
+def create(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False) -> nn.Module:
+    """Create a timm model; hub downloads happen only when ``pretrained`` is true."""
+    check_model_name(name)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if pretrained:
+            raise WeightsError(
+                f"no pretrained weights for {name!r} could be loaded from the timm/Hugging Face hub or the local "
+                f"HF cache ({type(exc).__name__}); offline, pass --weights FILE or make one with `tlsearch pretrain`"
+            ) from None
+        raise ModelError(f"cannot build {name!r}: {exc}") from None
+
+
+def param_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names in coarse groups, input side first, head (plus unmatched parameters) last."""
+    names = [n for n, _ in model.named_parameters()]
+    matcher = getattr(model, "group_matcher", None)
+    if matcher is not None:
+        grouped = group_parameters(model, matcher(coarse=True))
+        groups = [list(grouped[k]) for k in sorted(grouped)]
+    else:
+        groups = _fallback_groups(model)
+    groups = [g for g in groups if g]
+    assert sorted(n for g in groups for n in g) == sorted(names), "parameter grouping lost parameters"
+    return groups
+
+
+def _fallback_groups(model: nn.Module) -> list[list[str]]:
+    head_prefixes = _classifier_prefixes(model)
+    groups: list[list[str]] = []
+    head: list[str] = []
+    root: list[str] = []
+    for child_name, child in model.named_children():
+        names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
+        if any(n.startswith(p) for p in head_prefixes for n in names):
+            head.extend(names)
+        elif names:
+            groups.append(names)
+    for n, _ in model.named_parameters(recurse=False):
+        root.append(n)
+    if groups and root:
+        groups[0] = root + groups[0]
+    elif root:
+        groups.append(root)
+    return groups + [head] if head else groups
+
+
+def _classifier_prefixes(model: nn.Module) -> list[str]:
+    classifier = getattr(model, "get_classifier", lambda: None)()
+    if classifier is None:
+        return []
+    return [name + "." for name, module in model.named_modules() if module is classifier and name]
+
+
+def num_groups(model: nn.Module) -> int:
+    return len(param_groups(model))
+
+
+def apply_freeze(model: nn.Module, depth: int) -> FreezePlan:
+    """Freeze the first ``depth`` parameter groups, including their BatchNorm statistics."""
+    groups = param_groups(model)
+    if not 0 <= depth < len(groups):
+        raise ModelError(f"freeze depth {depth} is outside 0..{len(groups) - 1} for this model")
+    frozen = {n for g in groups[:depth] for n in g}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen)
+    _freeze_batchnorm(model, frozen)
+    backbone = tuple(n for g in groups[depth:-1] for n in g)
+    head = tuple(groups[-1]) if depth < len(groups) else ()
+    return FreezePlan(depth, len(groups), tuple(sorted(frozen)), backbone, head)
+
+
+def _freeze_batchnorm(model: nn.Module, frozen: set[str]) -> None:
+    """Swap BatchNorm layers whose parameters are all frozen for timm's FrozenBatchNorm2d."""
+    targets = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and name:
+            own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
+            if own and all(p in frozen for p in own):
+                targets.append(name)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        parent.add_module(child, freeze_batch_norm_2d(getattr(parent, child)))
+
+
+def input_spec(model: nn.Module, image_size: int | None = None) -> InputSpec:
+    """The model's own timm data config, with the square size optionally overridden."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    chans, height, _ = cfg["input_size"]
+    return InputSpec(
+        in_chans=int(chans),
+        size=int(image_size or height),
+        mean=tuple(float(m) for m in cfg["mean"]),
+        std=tuple(float(s) for s in cfg["std"]),
+    )
+
+
+def classifier_keys(model: nn.Module) -> set[str]:
+    prefixes = _classifier_prefixes(model)
+    return {k for k in model.state_dict() if any(k.startswith(p) for p in prefixes)}
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read safetensors, or a torch state dict with ``weights_only=True`` (a pickle that runs code is refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_safetensors(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is the user's file, reported in one line
+        raise WeightsError(f"weights file {path}: cannot be read safely ({type(exc).__name__})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights file {path}: expected a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def sidecar_path(weights: str | Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def resolve_source(
+    model_name: str, weights: str | None, default_spec: InputSpec, image_size: int | None = None
+) -> SourceWeights:
+    """Resolve pretrained weights: a local file (with optional JSON sidecar) or the timm hub / HF cache."""
+    if weights is None:
+        model = create(model_name, num_classes=1, pretrained=True)
+        state = {k: v for k, v in model.state_dict().items() if k not in classifier_keys(model)}
+        spec = input_spec(model, image_size)
+        return SourceWeights(state, 0, spec, origin=f"hub:{model_name}")
+    state = load_state_dict_file(weights)
+    meta = read_sidecar(weights)
+    if meta and meta.get("model") not in (None, model_name):
+        raise WeightsError(
+            f"weights file {weights} was trained for model {meta['model']!r}, not {model_name!r}; "
+            f"use --model {meta['model']}"
+        )
+    spec = InputSpec(**{**asdict(default_spec), **meta["input"]}) if meta.get("input") else default_spec
+    if image_size:
+        spec = InputSpec(spec.in_chans, image_size, spec.mean, spec.std)
+    spec = InputSpec(spec.in_chans, spec.size, tuple(spec.mean), tuple(spec.std))
+    num_classes = int(meta.get("num_classes") or _guess_num_classes(model_name, state, spec.in_chans))
+    source = SourceWeights(state, num_classes, spec, origin=str(weights))
+    build(model_name, num_classes=2, source=source)  # fail now, before Ray starts, if it does not fit
+    return source
+
+
+def read_sidecar(weights: str | Path) -> dict[str, Any]:
+    path = sidecar_path(weights)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"sidecar {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"sidecar {path}: expected a JSON object")
+    return data
+
+
+def _guess_num_classes(model_name: str, state: Mapping[str, torch.Tensor], in_chans: int) -> int:
+    probe = create(model_name, num_classes=7, in_chans=in_chans)
+    for key in classifier_keys(probe):
+        if key.endswith("weight") and key in state:
+            return int(state[key].shape[0])
+    return 0
+
+
+def build(
+    model_name: str, num_classes: int, source: SourceWeights | None, spec: InputSpec | None = None
+) -> nn.Module:
+    """A model for ``num_classes`` target classes: pretrained from ``source`` (classifier reset) or scratch."""
+    if source is None:
+        if spec is None:
+            raise ModelError("a scratch model needs an input spec")
+        return create(model_name, num_classes=num_classes, in_chans=spec.in_chans)
+    model = create(model_name, num_classes=source.num_classes, in_chans=source.input_spec.in_chans)
+    expected = set(model.state_dict())
+    if source.num_classes == 0:
+        expected -= classifier_keys(model)
+    missing = sorted(expected - set(source.state_dict))
+    unexpected = sorted(set(source.state_dict) - set(model.state_dict()))
+    if missing or unexpected:
+        raise WeightsError(
+            f"weights from {source.origin} do not fit {model_name!r}: "
+            f"{len(missing)} missing key(s) (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    try:
+        model.load_state_dict(source.state_dict, strict=source.num_classes != 0)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise WeightsError(f"weights from {source.origin} do not fit {model_name!r}: {detail}") from None
+    model.reset_classifier(num_classes)  # type: ignore[operator]
+    return model
+
+
+def save(model: nn.Module, path: str | Path, sidecar: Mapping[str, Any]) -> Path:
+    """Write safetensors plus a JSON sidecar, each atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_safetensors(state, str(tmp))
+    os.replace(tmp, path)
+    meta_tmp = sidecar_path(path).with_name(f".{sidecar_path(path).name}.tmp")
+    meta_tmp.write_text(json.dumps(dict(sidecar), indent=2, sort_keys=True) + "\n")
+    os.replace(meta_tmp, sidecar_path(path))
+    return path
+
+
+def train_flops_per_sample(model: nn.Module, spec: InputSpec, loss_fn: nn.Module) -> tuple[float, float]:
+    """Measured (train, forward) FLOPs per sample for one training step as the model is frozen now.
+
+    Counted by ``torch.utils.flop_counter`` on a real forward and backward, so the backward covers only what
+    autograd actually runs: nothing below the first trainable layer, no input gradient for that layer.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = 2
+    x = torch.randn(batch, spec.in_chans, spec.size, spec.size)
+    model = copy.deepcopy(model).train()  # a copy: the probe step must not move BatchNorm statistics
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        forward = counter.get_total_flops()
+        loss = loss_fn(out, torch.zeros(batch, dtype=torch.long))
+        if loss.requires_grad:
+            loss.backward()
+    total = counter.get_total_flops()
+    return total / batch, forward / batch

@@ -1,0 +1,72 @@
+"""What to try: the search space as an Optuna define-by-run function for Ray Tune's ``OptunaSearch``.
+
+Define-by-run lets the space be conditional the way the question is: a from-scratch model has nothing
+pretrained to freeze, so a ``scratch`` trial always trains every layer (``freeze_depth`` = 0) and TPE does not
+waste samples on a dimension that means nothing there. The arms (pretrained, scratch) alternate trial by trial;
+TPE searches freeze depth, both learning rates and the data fraction. Fixed dimensions are returned as constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from tlsearch.config import Param, SpaceConfig
+
+
+def suggest(trial: optuna.Trial, name: str, param: Param, *, integer: bool = False) -> tuple[Any, bool]:
+    """(value, suggested?) for one dimension: fixed values are constants, not Optuna parameters."""
+    if param.kind == "fixed":
+        return param.value, False
+    if param.kind == "choice":
+        return trial.suggest_categorical(name, list(param.choices)), True
+    assert param.low is not None and param.high is not None
+    if integer:
+        return trial.suggest_int(name, int(param.low), int(param.high)), True
+    return trial.suggest_float(name, float(param.low), float(param.high), log=param.log), True
+
+
+def take_arm(trial: optuna.Trial, init: Param, constants: dict[str, Any]) -> str:
+    """The arm (pretrained or scratch) of a trial: round-robin over the choices, not sampled.
+
+    ``init`` is the experiment's factor, not a hyperparameter to optimise: alternating keeps the arms' trial
+    counts equal, so the scratch baseline gets the same budget as transfer. It is returned as a constant.
+    """
+    arms = init.values()
+    constants["init"] = arms[trial.number % len(arms)]
+    return str(constants["init"])
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """The function OptunaSearch calls per trial (a picklable object, so Tune can save the searcher).
+
+    It returns the constants: fixed dimensions and implied values (``freeze_depth`` = 0 for scratch).
+    """
+
+    space: SpaceConfig
+
+    def __post_init__(self) -> None:
+        if self.space.freeze_depth is None:
+            raise ValueError("resolve freeze_depth against the model first (SpaceConfig.with_freeze_range)")
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        constants: dict[str, Any] = {}
+
+        def take(name: str, param: Param, integer: bool = False) -> Any:
+            value, suggested = suggest(trial, name, param, integer=integer)
+            if not suggested:
+                constants[name] = value
+            return value
+
+        if take_arm(trial, self.space.init, constants) == "scratch":
+            constants["freeze_depth"] = 0
+        else:
+            assert self.space.freeze_depth is not None
+            take("freeze_depth", self.space.freeze_depth, integer=True)
+        take("head_lr", self.space.head_lr)
+        take("backbone_lr", self.space.backbone_lr)
+        take("data_fraction", self.space.data_fraction)
+        return constants

@@ -1,0 +1,269 @@
+"""The loop: what one Ray Train worker does for one trial, one small named step at a time.
+
+The worker gets the decoded data and the source weights from Ray's object store, builds and freezes the
+model, trains it for up to ``max_epochs`` and reports, every epoch, the validation metrics and the cumulative
+cost (wall seconds, device-seconds, samples seen, FLOPs measured with the freeze in place). Every epoch it also
+checkpoints model, optimizer, scheduler, epoch, cost and RNG state, so a restarted worker continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tlsearch import data as data_mod
+from tlsearch import models
+from tlsearch.models import FreezePlan, InputSpec, SourceWeights
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a worker needs that the searcher does not choose."""
+
+    model: str
+    num_classes: int
+    input_spec: InputSpec
+    max_epochs: int
+    batch_size: int
+    eval_batch_size: int
+    weight_decay: float
+    seed: int
+    threads: int
+    devices_per_worker: float
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """What the searcher chose for one trial."""
+
+    init: str
+    freeze_depth: int
+    head_lr: float
+    backbone_lr: float
+    data_fraction: float
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Hyper:
+        return cls(
+            init=str(config["init"]),
+            freeze_depth=int(config["freeze_depth"]),
+            head_lr=float(config["head_lr"]),
+            backbone_lr=float(config["backbone_lr"]),
+            data_fraction=float(config["data_fraction"]),
+        )
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The search's decoded data and weights, put once in the object store and shared by every trial."""
+
+    images: torch.Tensor  # uint8 N x C x H x W
+    labels: torch.Tensor  # int64 N
+    pool: np.ndarray  # indices trials draw their training subsets from
+    val: np.ndarray  # validation indices, the same for every trial
+    source: SourceWeights | None
+    split_seed: int
+
+
+def build_model(spec: TrialSpec, hp: Hyper, source: SourceWeights | None) -> tuple[nn.Module, FreezePlan]:
+    pretrained = source if hp.init == "pretrained" else None
+    model = models.build(spec.model, spec.num_classes, pretrained, spec.input_spec)
+    return model, models.apply_freeze(model, hp.freeze_depth)
+
+
+def make_optimizer(
+    model: nn.Module, plan: FreezePlan, hp: Hyper, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with the head and the trainable backbone at their own learning rates, cosine-decayed."""
+    named = dict(model.named_parameters())
+    groups = [
+        {"params": [named[n] for n in plan.head], "lr": hp.head_lr},
+        {"params": [named[n] for n in plan.backbone], "lr": hp.backbone_lr},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    return optimizer, scheduler
+
+
+def normalizer(spec: InputSpec, device: torch.device) -> Any:
+    mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
+    std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - mean) / std
+
+    return normalize
+
+
+def loaders(payload: Payload, hp: Hyper, spec: TrialSpec) -> tuple[DataLoader, DataLoader, int]:
+    """Training subset (nested, stratified) and validation loaders; plain tensors, no per-epoch decoding."""
+    labels = payload.labels.numpy()
+    train_idx = data_mod.nested_fraction(labels, payload.pool, hp.data_fraction, payload.split_seed)
+    train_idx_t, val_idx_t = torch.from_numpy(train_idx), torch.from_numpy(payload.val)
+    generator = torch.Generator().manual_seed(spec.seed)
+    train = DataLoader(
+        TensorDataset(payload.images[train_idx_t], payload.labels[train_idx_t]),
+        batch_size=spec.batch_size, shuffle=True, generator=generator, drop_last=len(train_idx) > spec.batch_size,
+    )
+    val = DataLoader(
+        TensorDataset(payload.images[val_idx_t], payload.labels[val_idx_t]), batch_size=spec.eval_batch_size
+    )
+    return train, val, len(train_idx)
+
+
+def train_epoch(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize: Any,
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module,
+) -> tuple[float, int]:
+    """One pass over the training subset; returns (mean loss, samples seen by this worker)."""
+    model.train()
+    total, seen = 0.0, 0
+    for x, y in batches:
+        loss = loss_fn(model(normalize(x)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(y)
+        seen += len(y)
+    return total / max(seen, 1), seen
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize: Any, loss_fn: nn.Module
+) -> tuple[float, float]:
+    """(mean loss, accuracy) on the validation split, summed over all workers."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for x, y in batches:
+        logits = model(normalize(x))
+        sums += torch.tensor([loss_fn(logits, y).item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)])
+    sums = _all_reduce(sums)
+    count = max(float(sums[2]), 1.0)
+    return float(sums[0]) / count, float(sums[1]) / count
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = t.to(torch.float64)
+        torch.distributed.all_reduce(t)
+    return t
+
+
+@dataclass
+class Cost:
+    """Cumulative cost of a trial: what the report turns into compute-to-target."""
+
+    wall_s: float = 0.0
+    device_s: float = 0.0
+    samples_seen: int = 0
+    train_flops: float = 0.0
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker function: build, (resume), train, evaluate and report every epoch."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    started = time.perf_counter()
+    spec: TrialSpec = config["spec"]
+    hp = Hyper.from_config(config["hp"])
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    context = ray.train.get_context()
+    world = context.get_world_size()
+    payload: Payload = ray.get(config["payload"][0])
+
+    model, plan = build_model(spec, hp, payload.source)
+    loss_fn = nn.CrossEntropyLoss()
+    flops_per_sample, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
+    train_loader, val_loader, train_size = loaders(payload, hp, spec)
+    steps = spec.max_epochs * max(1, len(train_loader) // world)
+    optimizer, scheduler = make_optimizer(model, plan, hp, spec.weight_decay, steps)
+    cost, first_epoch = Cost(), 1
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            cost, first_epoch = _restore(folder, model, optimizer, scheduler)
+
+    model = ray.train.torch.prepare_model(model)
+    train_loader = ray.train.torch.prepare_data_loader(train_loader)
+    val_loader = ray.train.torch.prepare_data_loader(val_loader)
+    normalize = normalizer(spec.input_spec, ray.train.torch.get_device())
+    static = {
+        "train_size": train_size, "num_groups": plan.num_groups, "flops_per_sample": flops_per_sample,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    devices = world * spec.devices_per_worker
+    for epoch in range(first_epoch, spec.max_epochs + 1):
+        if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        train_loss, seen = train_epoch(model, train_loader, normalize, optimizer, scheduler, loss_fn)
+        val_loss, val_acc = evaluate(model, val_loader, normalize, loss_fn)
+        now = time.perf_counter()
+        cost.wall_s += now - started
+        cost.device_s += (now - started) * devices
+        cost.samples_seen += seen * world
+        cost.train_flops += flops_per_sample * seen * world
+        started = now
+        metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss,
+                   **asdict(cost), **static}
+        _report(metrics, model, optimizer, scheduler, cost, epoch, context.get_world_rank())
+
+
+def _report(
+    metrics: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, epoch: int, rank: int,
+) -> None:
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        _save(folder, model, optimizer, scheduler, cost, epoch)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _save(
+    folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, epoch: int,
+) -> None:
+    inner: nn.Module = getattr(model, "module", model)
+    state = {k: v.detach().contiguous().cpu() for k, v in inner.state_dict().items()}
+    save_safetensors(state, os.path.join(folder, "model.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+         "torch_rng": torch.get_rng_state()},
+        os.path.join(folder, "train_state.pt"),
+    )
+    with open(os.path.join(folder, "progress.json"), "w") as fh:
+        json.dump({"epoch": epoch, "cost": asdict(cost)}, fh)
+
+
+def _restore(
+    folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[Cost, int]:
+    model.load_state_dict(load_safetensors(os.path.join(folder, "model.safetensors")))
+    state = torch.load(os.path.join(folder, "train_state.pt"), map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    with open(os.path.join(folder, "progress.json")) as fh:
+        progress = json.load(fh)
+    return Cost(**progress["cost"]), int(progress["epoch"]) + 1
