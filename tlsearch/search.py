@@ -124,8 +124,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, log_to_dr
         if address:
             ray.init(address=address, log_to_driver=log_to_driver)
         else:
-            # Ray otherwise binds its GCS and raylet to the machine's routable address, not loopback.
+            # Ray otherwise binds its GCS and raylet to the machine's routable address, not loopback. The
+            # switch is read when ray is imported: set it for the processes Ray starts and for this one.
             os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
             ray.init(
                 num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                 _node_ip_address="127.0.0.1", log_to_driver=log_to_driver,

@@ -1,0 +1,559 @@
+"""Cluster files, job submission, tokens and storage rules: offline, against a loopback HTTP listener.
+
+Nothing here starts Ray or contacts a non-loopback address. The one end-to-end test against a real Ray
+(``-m cluster``) is skipped unless asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from tlsearch import cluster
+from tlsearch.cli import cli, run
+from tlsearch.config import SearchConfig
+
+CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
+SHIPPED = sorted(CLUSTERS.glob("*.yaml"))
+TOKEN = "tok-3f9a1c-never-print-me"
+JOB_ID = "raysubmit_test123"
+REAL_HOME = os.environ.get("HOME", str(Path.home()))
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real token file, no proxy in the way of 127.0.0.1, no inherited addresses."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS", "TLSEARCH_STORAGE_PATH",
+                 "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def test_shipped_cluster_files_exist() -> None:
+    names = {p.name for p in SHIPPED}
+    assert {"aws-gpu.yaml", "gcp-gpu.yaml", "kuberay-raycluster.yaml", "kuberay-rayjob.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_cluster_files_validate(path: Path) -> None:
+    assert cluster.validate_file(path) == []
+    result = invoke("cluster", "validate", str(path))
+    assert result.exit_code == 0, result.output
+    assert "1 file(s) valid" in result.output
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = _parts(dotted)
+    target: Any = doc
+    for part in parents:
+        target = target[part]
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value
+
+
+def _parts(dotted: str) -> list[Any]:
+    """``a.b[0].c`` as keys and indexes; ``nvidia.com/gpu`` stays one key."""
+    parts: list[Any] = []
+    for piece in dotted.replace(cluster.GPU_RESOURCE, "\0").split("."):
+        name, _, rest = piece.partition("[")
+        if name:
+            parts.append(name.replace("\0", cluster.GPU_RESOURCE))
+        if rest:
+            parts.append(int(rest.rstrip("]")))
+    return parts
+
+
+DELETE = object()
+WORKER = "spec.workerGroupSpecs[0]"
+JOB_WORKER = "spec.rayClusterSpec.workerGroupSpecs[0]"
+GPU_LIMIT = ".template.spec.containers[0].resources.limits"
+
+BREAKAGES = [
+    ("aws-gpu.yaml", "max_workers", "eight", "max_workers", "is not of type 'integer'"),
+    ("aws-gpu.yaml", "head_node_type", "boss", "head_node_type", "got 'boss'; valid: head, gpu_worker"),
+    ("aws-gpu.yaml", "storage_path", "s3://b/x", "$", "Additional properties are not allowed"),
+    ("aws-gpu.yaml", "available_node_types.gpu_worker.min_workers", 9,
+     "available_node_types.gpu_worker.min_workers", "min_workers 9 is above max_workers 8"),
+    ("aws-gpu.yaml", "provider", DELETE, "$", "'provider' is a required property"),
+    ("gcp-gpu.yaml", "available_node_types.gpu_worker.resources.GPU", "one",
+     "available_node_types.gpu_worker.resources.GPU", "is not of type 'integer'"),
+    ("gcp-gpu.yaml", "available_node_types.head.node_config", DELETE,
+     "available_node_types.head", "'node_config' is a required property"),
+    ("kuberay-raycluster.yaml", "apiVersion", "ray.io/v9", "apiVersion", "valid: ray.io/v1"),
+    ("kuberay-raycluster.yaml", "spec.headGroupSpec", DELETE, "spec.headGroupSpec", "missing"),
+    ("kuberay-raycluster.yaml", f"{WORKER}.replicas", "2", f"{WORKER}.replicas", "expected a whole number"),
+    ("kuberay-raycluster.yaml", f"{WORKER}.maxReplicas", -1, f"{WORKER}.maxReplicas", "must be >= 0"),
+    ("kuberay-raycluster.yaml", f"{WORKER}{GPU_LIMIT}.nvidia.com/gpu", 0,
+     f"{WORKER}{GPU_LIMIT}.nvidia.com/gpu", "whole number of GPUs >= 1"),
+    ("kuberay-raycluster.yaml", "spec.headGroupSpec.rayStartParams.num-cpus", 0,
+     "spec.headGroupSpec.rayStartParams.num-cpus", "KubeRay wants text"),
+    ("kuberay-raycluster.yaml", "spec.workerGroupSpecs", [], "spec.workerGroupSpecs", "at least one worker group"),
+    ("kuberay-rayjob.yaml", "spec.entrypoint", DELETE, "spec.entrypoint", "missing; expected text"),
+    ("kuberay-rayjob.yaml", "spec.shutdownAfterJobFinishes", "yes", "spec.shutdownAfterJobFinishes",
+     "expected true or false"),
+    ("kuberay-rayjob.yaml", f"{JOB_WORKER}.minReplicas", 9, f"{JOB_WORKER}.minReplicas",
+     "minReplicas 9 is above maxReplicas 8"),
+    ("kuberay-rayjob.yaml", "spec.runtimeEnvYAML", "pip: [unclosed", "spec.runtimeEnvYAML", "not valid YAML"),
+    ("kuberay-rayjob.yaml", "kind", "RayService", "kind", "valid: RayCluster, RayJob"),
+]
+
+
+def _break(source: str, dotted: str, value: Any, tmp_path: Path) -> Path:
+    doc = yaml.safe_load((CLUSTERS / source).read_text())
+    _set(doc, dotted, value)
+    broken = tmp_path / f"broken-{source}"
+    broken.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return broken
+
+
+@pytest.mark.parametrize(("source", "dotted", "value", "path", "message"), BREAKAGES,
+                         ids=[f"{b[0]}:{b[1]}" for b in BREAKAGES])
+def test_broken_copy_is_caught_at_its_path(
+    source: str, dotted: str, value: Any, path: str, message: str, tmp_path: Path
+) -> None:
+    broken = _break(source, dotted, value, tmp_path)
+    result = invoke("cluster", "validate", str(CLUSTERS / source), str(broken))
+    assert result.exit_code == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith(f"{broken}:{path}: ")]
+    assert lines, result.stderr
+    assert any(message in ln for ln in lines), lines
+    assert str(CLUSTERS / source) + ":" not in result.stderr  # the good original stays clean
+    assert "problem(s) in 1 of 2 file(s)" in result.stderr
+
+
+def test_unreadable_and_foreign_files_are_problems(tmp_path: Path) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("cluster_name: [unclosed\n")
+    foreign = tmp_path / "foreign.yaml"
+    foreign.write_text("hello: world\n")
+    result = invoke("cluster", "validate", str(bad_yaml), str(foreign), str(tmp_path / "missing.yaml"))
+    assert result.exit_code == 2
+    assert f"{bad_yaml}:$: not valid YAML" in result.stderr
+    assert f"{foreign}:$: got a mapping; expected a Ray cluster-launcher config" in result.stderr
+    assert f"{tmp_path / 'missing.yaml'}:$: cannot read it" in result.stderr
+
+
+def test_multi_document_manifest_paths_carry_the_document_index(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all((CLUSTERS / "kuberay-raycluster.yaml").read_text()))
+    second = copy.deepcopy(docs[0])
+    second["spec"]["workerGroupSpecs"][0]["groupName"] = 7
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump_all([docs[0], second]))
+    problems = [str(p) for p in cluster.validate_file(both)]
+    assert problems == [f"{both}:[1].spec.workerGroupSpecs[0].groupName: got a number 7; expected text"]
+
+
+# -------------------------------------------------------------------------------------- token, address
+
+
+def test_token_sources_in_order(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("from-home\n")
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    assert cluster.load_token({"RAY_AUTH_TOKEN": "from-env"}, home) == "from-env"
+    assert cluster.load_token({"RAY_AUTH_TOKEN_PATH": str(token_file)}, home) == "from-file"
+    assert cluster.load_token({}, home) == "from-home"
+    assert cluster.load_token({}, tmp_path / "nobody") is None
+    with pytest.raises(cluster.ClusterError, match="RAY_AUTH_TOKEN_PATH is .*not a file"):
+        cluster.load_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "absent")}, home)
+    assert cluster.auth_headers("abc") == {"Authorization": "Bearer abc"}
+    assert cluster.auth_headers(None) == {}
+
+
+@pytest.mark.parametrize("address", ["http://10.1.2.3:8265", "http://ray-head.example.com:8265",
+                                     "http://[2001:db8::1]:8265"])
+def test_check_address_refuses_plain_http_to_remote_without_token(address: str) -> None:
+    with pytest.raises(cluster.ClusterError, match="refusing plain http"):
+        cluster.check_address(address, token=None)
+    assert cluster.check_address(address, token=None, insecure=True) == address
+    assert cluster.check_address(address, token="t") == address
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "http://localhost:8265/", "http://[::1]:8265",
+                                     "https://ray.example.com"])
+def test_check_address_accepts_loopback_and_https(address: str) -> None:
+    assert cluster.check_address(address, token=None) == address.rstrip("/")
+
+
+@pytest.mark.parametrize("address", ["ray://10.0.0.1:10001", "10.0.0.1:8265", "", "http://"])
+def test_check_address_wants_a_dashboard_url(address: str) -> None:
+    with pytest.raises(cluster.ClusterError, match="give the Ray dashboard URL"):
+        cluster.check_address(address, token=None)
+
+
+def test_insecure_address_is_refused_before_anything_is_contacted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    contacted: list[Any] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        contacted.append(args)
+        raise AssertionError("contacted the network")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr("ray.job_submission.JobSubmissionClient", refuse)
+    for command in (["submit", "--storage-path", "s3://bucket/x"], ["jobs", "status", JOB_ID],
+                    ["jobs", "logs", JOB_ID], ["jobs", "stop", JOB_ID]):
+        result = invoke(*command, "--address", "http://203.0.113.7:8265")
+        assert result.exit_code == 2, result.output
+        assert "refusing plain http to non-loopback host '203.0.113.7' without a token" in result.stderr
+        assert "--insecure" in result.stderr
+    assert contacted == []
+
+
+# ------------------------------------------------------------------------------ loopback dashboard stub
+
+
+class FakeDashboard(ThreadingHTTPServer):
+    """Answers the few Ray dashboard endpoints the job client uses, and records every request."""
+
+    def __init__(self, token: str | None, nodes: list[dict[str, Any]]) -> None:
+        super().__init__(("127.0.0.1", 0), DashboardHandler)
+        self.token = token
+        self.nodes = nodes
+        self.requests: list[dict[str, Any]] = []
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def paths(self, method: str) -> list[str]:
+        return [r["path"] for r in self.requests if r["method"] == method]
+
+
+class DashboardHandler(BaseHTTPRequestHandler):
+    server: FakeDashboard
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+        pass
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.requests.append({"method": method, "path": self.path, "headers": dict(self.headers),
+                                     "body": body})
+        if self.server.token and self.headers.get("Authorization") != f"Bearer {self.server.token}":
+            return self._reply(401, {"error": "missing or wrong token"})
+        path = self.path.split("?")[0]
+        routes: dict[tuple[str, str], Callable[[], tuple[int, Any]]] = {
+            ("GET", "/api/version"): lambda: (200, {"version": "4", "ray_version": "2.60.0", "ray_commit": "x"}),
+            ("GET", "/api/v0/nodes"): lambda: (200, {"result": True, "msg": "", "data": {
+                "result": {"total": len(self.server.nodes), "result": self.server.nodes}}}),
+            ("POST", "/api/jobs/"): lambda: (200, {"job_id": None, "submission_id": JOB_ID}),
+            ("GET", f"/api/jobs/{JOB_ID}"): lambda: (200, {
+                "type": "SUBMISSION", "submission_id": JOB_ID, "status": "RUNNING",
+                "entrypoint": "python -m tlsearch run", "message": "Job is currently running."}),
+            ("GET", f"/api/jobs/{JOB_ID}/logs"): lambda: (200, {"logs": f"epoch 1\nenv RAY_AUTH_TOKEN={TOKEN}\n"}),
+            ("POST", f"/api/jobs/{JOB_ID}/stop"): lambda: (200, {"stopped": True}),
+        }
+        if path.startswith("/api/packages/"):
+            return self._reply(200, {})  # "already uploaded": the client skips the upload
+        status, payload = routes.get((method, path), lambda: (404, {"error": "not found"}))()
+        self._reply(status, payload)
+
+    def _reply(self, status: int, payload: Any) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle("PUT")
+
+
+def node(cpus: float = 2, gpus: float = 0, state: str = "ALIVE") -> dict[str, Any]:
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    return {"node_id": os.urandom(4).hex(), "state": state, "resources_total": resources}
+
+
+@pytest.fixture
+def dashboard() -> Iterator[FakeDashboard]:
+    server = FakeDashboard(TOKEN, [node()])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def work_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "search.yaml").write_text("trials: 3\nmax_epochs: 2\n")
+    return folder
+
+
+def test_submit_sends_the_token_as_a_header_and_never_prints_it(
+    dashboard: FakeDashboard, work_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    results = tmp_path / "shared-results"
+    result = invoke("submit", "--address", dashboard.address, "--working-dir", str(work_dir), "--no-install",
+                    "--config", str(work_dir / "search.yaml"), "--trials", "2", "--no-gpu", "--head-lr", "1e-3",
+                    "--storage-path", str(results), "--name", "e2e")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{JOB_ID}\n"
+    assert TOKEN not in result.output
+    assert dashboard.requests and all(
+        r["headers"].get("Authorization") == f"Bearer {TOKEN}" for r in dashboard.requests
+    )
+    assert "/api/v0/nodes?limit=10000&detail=true" in dashboard.paths("GET")  # a local path: nodes were counted
+    (submitted,) = [json.loads(r["body"]) for r in dashboard.requests if r["path"] == "/api/jobs/"]
+    assert submitted["entrypoint"].startswith("python -m tlsearch run --config search.yaml ")
+    for flag in ("--trials 2", "--no-gpu", "--head-lr 1e-3", f"--results-dir {results}", "--name e2e"):
+        assert flag in submitted["entrypoint"]
+    env = submitted["runtime_env"]
+    assert env["working_dir"].startswith("gcs://") and env["py_modules"][0].startswith("gcs://")
+    assert "pip" not in env and env["env_vars"]["RAY_TRAIN_V2_ENABLED"] == "1"
+    assert submitted["metadata"]["results_dir"] == str(results)
+    assert TOKEN not in json.dumps(submitted)
+
+
+def test_submitted_entrypoint_parses_back_to_the_same_run_options(work_dir: Path, tmp_path: Path) -> None:
+    args = ["--config", str(work_dir / "search.yaml"), "--trials", "2", "--gpu", "--precision", "bf16",
+            "--gpus-per-worker", "0.5", "--data-fraction", "0.1,0.3", "-vv", "--storage-path", "s3://b/r"]
+    conn = cluster.Connection("http://127.0.0.1:1")
+    notes: list[str] = []
+    from tlsearch.cli import submit
+
+    ctx = submit.make_context("submit", list(args))
+    shared = [p for p in submit.params if p.name in {q.name for q in run.params} - {"address"}]
+    options = {k: v for k, v in ctx.params.items() if k in {p.name for p in shared}}
+    request = cluster.plan_submission(conn, shared, options, storage_path="s3://b/r", shared_storage=False,
+                                      working_dir=work_dir, install=True, note=notes.append)
+    import shlex
+
+    argv = shlex.split(request.entrypoint)[4:]
+    parsed = run.make_context("run", argv).params
+    assert parsed["trials"] == 2 and parsed["use_gpu"] is True and parsed["precision"] == "bf16"
+    assert parsed["gpus_per_worker"] == 0.5 and parsed["verbose"] == 2 and parsed["data_fraction"] == "0.1,0.3"
+    assert parsed["config_file"] == "search.yaml" and parsed["results_dir"] == "s3://b/r"
+    pip = request.runtime_env["pip"]["packages"]
+    assert any(p.startswith("timm") for p in pip) and not any(p.startswith("ray") for p in pip)
+
+
+def test_node_local_storage_is_refused_on_a_multi_node_cluster(
+    dashboard: FakeDashboard, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    dashboard.nodes = [node(), node(cpus=8, gpus=1)]
+    base = ["submit", "--address", dashboard.address, "--working-dir", str(work_dir), "--no-install"]
+    result = invoke(*base, "--storage-path", "/data/results")
+    assert result.exit_code == 2
+    assert "storage path '/data/results' is node-local" in result.stderr
+    assert "(2 node(s) alive)" in result.stderr and "s3://" in result.stderr
+    assert "/api/jobs/" not in dashboard.paths("POST")
+    assert invoke(*base, "--storage-path", "/mnt/nfs/results", "--shared-storage").exit_code == 0
+    assert invoke(*base, "--storage-path", "s3://bucket/results").exit_code == 0
+    assert dashboard.paths("POST").count("/api/jobs/") == 2
+
+
+def test_a_head_without_gpus_counts_as_multi_node_for_a_gpu_search(
+    dashboard: FakeDashboard, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    result = invoke("submit", "--address", dashboard.address, "--working-dir", str(work_dir), "--gpu",
+                    "--storage-path", "/data/results")
+    assert result.exit_code == 2
+    assert "has (or will add) more than one node" in result.stderr
+
+
+def test_relative_storage_and_conflicting_flags_are_refused(dashboard: FakeDashboard, work_dir: Path) -> None:
+    base = ["submit", "--address", dashboard.address, "--working-dir", str(work_dir)]
+    result = invoke(*base)
+    assert result.exit_code == 2 and "storage path 'results' is relative" in result.stderr
+    result = invoke(*base, "--storage-path", "s3://a/b", "--results-dir", "s3://c/d")
+    assert result.exit_code == 2 and "differ; give one of them" in result.stderr
+    result = invoke(*base, "--storage-path", "hdfs://x/y")
+    assert result.exit_code == 2 and "scheme 'hdfs' is not supported" in result.stderr
+    result = invoke(*base, "--storage-path", "s3:///nobucket")
+    assert result.exit_code == 2 and "has no bucket" in result.stderr
+
+
+def test_wrong_token_is_one_line_without_the_token(
+    dashboard: FakeDashboard, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "wrong-" + TOKEN)
+    result = invoke("jobs", "status", JOB_ID, "--address", dashboard.address)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: cannot connect to the Ray dashboard at {dashboard.address}:")
+    assert TOKEN not in result.output
+
+
+def test_jobs_status_logs_stop(dashboard: FakeDashboard, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    status = invoke("jobs", "status", JOB_ID, "--address", dashboard.address)
+    assert status.exit_code == 0 and status.stdout == f"{JOB_ID}: RUNNING (Job is currently running.)\n"
+    logs = invoke("jobs", "logs", JOB_ID, "--address", dashboard.address)
+    assert logs.exit_code == 0 and "epoch 1" in logs.stdout
+    assert TOKEN not in logs.output and "RAY_AUTH_TOKEN=<token>" in logs.stdout
+    stop = invoke("jobs", "stop", JOB_ID, "--address", dashboard.address)
+    assert stop.exit_code == 0 and stop.stdout == f"{JOB_ID}: stop requested\n"
+    assert all(r["headers"].get("Authorization") == f"Bearer {TOKEN}" for r in dashboard.requests)
+
+
+def test_token_file_from_home_is_used(dashboard: FakeDashboard, tmp_path: Path) -> None:
+    token_file = Path(os.environ["HOME"]) / ".ray" / "auth_token"
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(TOKEN + "\n")
+    result = invoke("jobs", "status", JOB_ID, "--address", dashboard.address)
+    assert result.exit_code == 0, result.output
+    assert TOKEN not in result.output
+
+
+def test_unreachable_dashboard_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = invoke("jobs", "status", JOB_ID, "--address", f"http://127.0.0.1:{port}")
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot connect to the Ray dashboard" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- GPU options
+
+
+def test_mixed_precision_needs_gpu_and_is_checked_before_contacting(work_dir: Path) -> None:
+    result = invoke("submit", "--address", "http://127.0.0.1:9", "--working-dir", str(work_dir),
+                    "--precision", "bf16", "--storage-path", "s3://b/r")
+    assert result.exit_code == 2
+    assert "precision: got bf16 without --gpu" in result.stderr
+    result = invoke("submit", "--address", "http://127.0.0.1:9", "--precision", "fp8")
+    assert result.exit_code == 2 and "'fp8' is not one of 'fp32', 'bf16', 'fp16'" in result.stderr
+
+
+def test_apply_gpu_options_validates_and_passes_through() -> None:
+    warnings: list[str] = []
+    gpu = SearchConfig(use_gpu=True)
+    out = cluster.apply_gpu_options(gpu, "bf16", 1, warnings.append)
+    fields = {f for f in SearchConfig.__dataclass_fields__}
+    if "precision" in fields:
+        assert out.precision == "bf16"
+    else:
+        assert out == gpu and warnings == ["tlsearch: precision bf16 is validated but not applied yet; "
+                                           "trials train in fp32"]
+    with pytest.raises(cluster.ClusterError, match="precision: got fp16 without --gpu"):
+        cluster.apply_gpu_options(SearchConfig(), "fp16", None, warnings.append)
+    with pytest.raises(cluster.ClusterError, match="gpus_per_worker: got 0; must be > 0"):
+        cluster.apply_gpu_options(gpu, None, 0, warnings.append)
+    with pytest.raises(cluster.ClusterError, match="gpus_per_worker: got 2 without --gpu"):
+        cluster.apply_gpu_options(SearchConfig(use_gpu=False), None, 2, warnings.append)
+    assert cluster.apply_gpu_options(SearchConfig(), "fp32", None, warnings.append) == SearchConfig()
+
+
+def test_run_refuses_mixed_precision_without_gpu() -> None:
+    result = invoke("run", "--precision", "fp16", "--no-gpu", "--trials", "1")
+    assert result.exit_code == 2 and "precision: got fp16 without --gpu" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------- storage
+
+
+def test_staged_results_copy_to_the_remote_filesystem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import pyarrow.fs
+
+    remote = tmp_path / "bucket"
+    monkeypatch.setattr(cluster, "remote_filesystem", lambda uri: (pyarrow.fs.LocalFileSystem(), str(remote / "r")))
+    with cluster.staged_results("s3://bucket/r") as local:
+        assert Path(local).is_dir()
+        (Path(local) / "search-1").mkdir()
+        (Path(local) / "search-1" / "trials.parquet").write_bytes(b"PAR1")
+    assert (remote / "r" / "search-1" / "trials.parquet").read_bytes() == b"PAR1"
+    assert not Path(local).exists()
+    with cluster.staged_results(str(tmp_path / "plain")) as same:
+        assert same == str(tmp_path / "plain")
+
+
+def test_cluster_shape_decides_multi_node() -> None:
+    assert cluster.ClusterShape(1, cpus=4).multi_node(use_gpu=False, loopback=True) is False
+    assert cluster.ClusterShape(2, cpus=4).multi_node(use_gpu=False, loopback=True) is True
+    assert cluster.ClusterShape(1, cpus=0).multi_node(use_gpu=False, loopback=True) is True  # CPU-less head
+    assert cluster.ClusterShape(1, cpus=4).multi_node(use_gpu=True, loopback=True) is True  # GPUs autoscale in
+    assert cluster.ClusterShape(None).multi_node(use_gpu=False, loopback=True) is False
+    assert cluster.ClusterShape(None).multi_node(use_gpu=False, loopback=False) is True
+
+
+# ------------------------------------------------------------------------------- real Ray, on request
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_submit_to_a_real_ray_cluster_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Submit a tiny search to a real Ray and wait for its tables.
+
+    Uses TLSEARCH_TEST_CLUSTER (a dashboard URL) if set, else starts a local 2-CPU head on 127.0.0.1 with
+    ``ray start`` and stops it afterwards. Run with: pytest -m cluster tests/test_cluster.py
+    """
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    given = os.environ.get("TLSEARCH_TEST_CLUSTER")
+    address = given or "http://127.0.0.1:8265"
+    storage = os.environ.get("TLSEARCH_TEST_STORAGE", str(tmp_path / "results"))
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    monkeypatch.setenv("HOME", REAL_HOME)  # the real ~/.ray/auth_token, if Ray made one
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    started = given is None
+    if started:  # the job's `python` is this virtualenv's: Ray's job supervisor inherits this PATH
+        subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1",
+                        "--dashboard-host", "127.0.0.1", "--dashboard-port", "8265", "--disable-usage-stats"],
+                       check=True, capture_output=True, timeout=180)
+    try:
+        submit = invoke("submit", "--address", address, "--working-dir", str(tmp_path), "--no-install",
+                        "--dataset", "digits-split", "--model", "resnet10t", "--image-size", "16",
+                        "--trials", "2", "--max-epochs", "1", "--val-size", "100", "--init", "scratch",
+                        "--name", "e2e", "--storage-path", storage)
+        assert submit.exit_code == 0, submit.output
+        job_id = submit.stdout.strip()
+        deadline = time.monotonic() + 900
+        status = ""
+        while time.monotonic() < deadline:
+            status = invoke("jobs", "status", job_id, "--address", address).stdout
+            if any(word in status for word in ("SUCCEEDED", "FAILED", "STOPPED")):
+                break
+            time.sleep(5)
+        logs = invoke("jobs", "logs", job_id, "--address", address).stdout
+        assert "SUCCEEDED" in status, status + logs[-3000:]
+        assert "search e2e finished" in logs
+        if not cluster.is_remote(storage):
+            assert pq.read_table(Path(storage) / "e2e" / "trials.parquet").num_rows == 2
+    finally:
+        if started:
+            subprocess.run([ray_bin, "stop"], check=False, capture_output=True, timeout=120)
