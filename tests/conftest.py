@@ -11,9 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download; missing we
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_2_cpus() -> Iterator[None]:
-    """A local 2-CPU Ray on 127.0.0.1, the way `tlsearch run` starts one."""
+    """A local 2-CPU Ray on 127.0.0.1, the way `tlsearch run` starts one; one module at a time."""
     import ray
 
     from tlsearch.search import start_ray

@@ -24,6 +24,7 @@ from click.testing import CliRunner, Result
 from tlsearch import cluster
 from tlsearch.cli import cli, run
 from tlsearch.config import SearchConfig
+from tlsearch.errors import ConfigError
 
 CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
 SHIPPED = sorted(CLUSTERS.glob("*.yaml"))
@@ -457,23 +458,14 @@ def test_mixed_precision_needs_gpu_and_is_checked_before_contacting(work_dir: Pa
     assert result.exit_code == 2 and "'fp8' is not one of 'fp32', 'bf16', 'fp16'" in result.stderr
 
 
-def test_apply_gpu_options_validates_and_passes_through() -> None:
-    warnings: list[str] = []
-    gpu = SearchConfig(use_gpu=True)
-    out = cluster.apply_gpu_options(gpu, "bf16", 1, warnings.append)
-    fields = {f for f in SearchConfig.__dataclass_fields__}
-    if "precision" in fields:
-        assert out.precision == "bf16"
-    else:
-        assert out == gpu and warnings == ["tlsearch: precision bf16 is validated but not applied yet; "
-                                           "trials train in fp32"]
-    with pytest.raises(cluster.ClusterError, match="precision: got fp16 without --gpu"):
-        cluster.apply_gpu_options(SearchConfig(), "fp16", None, warnings.append)
-    with pytest.raises(cluster.ClusterError, match="gpus_per_worker: got 0; must be > 0"):
-        cluster.apply_gpu_options(gpu, None, 0, warnings.append)
-    with pytest.raises(cluster.ClusterError, match="gpus_per_worker: got 2 without --gpu"):
-        cluster.apply_gpu_options(SearchConfig(use_gpu=False), None, 2, warnings.append)
-    assert cluster.apply_gpu_options(SearchConfig(), "fp32", None, warnings.append) == SearchConfig()
+def test_gpu_options_are_validated_in_the_config() -> None:
+    assert SearchConfig(use_gpu=True, precision="bf16", gpus_per_worker=0.5).precision == "bf16"
+    with pytest.raises(ConfigError, match="precision: got fp16 without --gpu"):
+        SearchConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="gpus_per_worker: must be > 0, got 0"):
+        SearchConfig(use_gpu=True, gpus_per_worker=0)
+    with pytest.raises(ConfigError, match="gpus_per_worker: got 2 without --gpu"):
+        SearchConfig(use_gpu=False, gpus_per_worker=2)
 
 
 def test_run_refuses_mixed_precision_without_gpu() -> None:
@@ -484,19 +476,17 @@ def test_run_refuses_mixed_precision_without_gpu() -> None:
 # --------------------------------------------------------------------------------------------- storage
 
 
-def test_staged_results_copy_to_the_remote_filesystem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_tables_go_to_the_remote_filesystem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import pyarrow.fs
+
+    from tlsearch import results, search
 
     remote = tmp_path / "bucket"
     monkeypatch.setattr(cluster, "remote_filesystem", lambda uri: (pyarrow.fs.LocalFileSystem(), str(remote / "r")))
-    with cluster.staged_results("s3://bucket/r") as local:
-        assert Path(local).is_dir()
-        (Path(local) / "search-1").mkdir()
-        (Path(local) / "search-1" / "trials.parquet").write_bytes(b"PAR1")
-    assert (remote / "r" / "search-1" / "trials.parquet").read_bytes() == b"PAR1"
-    assert not Path(local).exists()
-    with cluster.staged_results(str(tmp_path / "plain")) as same:
-        assert same == str(tmp_path / "plain")
+    tables = {name: results.to_table(name, []) for name in results.TABLES}
+    search._write_tables("s3://bucket/r", tables)
+    assert results.open(remote / "r").trials.count_rows() == 0
+    assert sorted(p.name for p in (remote / "r").iterdir()) == sorted(results.FILE_NAMES.values())
 
 
 def test_cluster_shape_decides_multi_node() -> None:

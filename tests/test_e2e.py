@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 
-from tlsearch import pretrain, results
+import ray
+
+from tlsearch import models, pretrain, results
 from tlsearch.config import build_config
 from tlsearch.search import run_search
 
@@ -49,4 +52,20 @@ def test_search_end_to_end(tmp_path: Path, ray_2_cpus: None) -> None:
     assert by_depth[max(by_depth)] <= by_depth[0]
     assert experiment["experiment"] == "e2e" and experiment["best_val_acc"] == max(trials["best_val_acc"].to_pylist())
     assert experiment["ray_version"] and experiment["torch_version"]
-    assert outcome.folder == (tmp_path / "results" / "e2e").resolve()
+    assert outcome.folder == str((tmp_path / "results" / "e2e").resolve())
+    assert outcome.best_weights and Path(outcome.best_weights).is_file()
+    best = models.resolve_source("test_resnet", outcome.best_weights, models.input_spec(models.create("test_resnet", 2)))
+    assert best.num_classes == 5 and best.input_spec.size == 16  # the exported model is usable as --weights
+    assert _worker_groups_released(), "finished trials kept their workers' placement groups (CPUs never freed)"
+
+
+def _worker_groups_released(timeout_s: float = 20.0) -> bool:
+    """Ray Train V2 frees a trial's worker placement group asynchronously, through the dashboard's State API."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        table = ray.util.placement_group_table().values()
+        if not [pg for pg in table if pg["state"] == "CREATED" and any(b.get("CPU", 0) >= 0.5
+                                                                        for b in pg["bundles"].values())]:
+            return True
+        time.sleep(1)
+    return False

@@ -74,6 +74,8 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Training precision; bf16/fp16 (mixed) need --gpu (default fp32)."),
     click.option("--max-concurrent", type=int,
                  help="Cap on trials at once (default: what the resources fit)."),
+    click.option("--trial-timeout", "trial_timeout_s", type=float,
+                 help="Seconds a trial may run before it is ended and recorded as timed out (default: none)."),
     click.option("--freeze-depth",
                  help=f"Frozen leading parameter groups: {SPACE_HELP} (default: all depths)."),
     click.option("--head-lr", help=f"Head learning rate: {SPACE_HELP} (ranges are log-uniform)."),
@@ -94,28 +96,21 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @cli.command()
 @run_options
 @click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1).")
+@click.option("--restart", is_flag=True, help="Discard an existing search of this --name and start over.")
 @domain_errors
-def run(
-    config_file: str | None, verbose: int, precision: str | None, gpus_per_worker: float | None,
-    **options: Any,
-) -> None:
-    """Run a search and write its Parquet tables under RESULTS_DIR/NAME/ (a path, s3:// or gs://)."""
-    import dataclasses
-
-    from tlsearch import cluster, report
+def run(config_file: str | None, verbose: int, restart: bool, **options: Any) -> None:
+    """Run a search, or resume the one of the same --name, and write its Parquet tables under
+    RESULTS_DIR/NAME/ (a path, s3:// or gs://)."""
+    from tlsearch import report
     from tlsearch.config import build_config
     from tlsearch.search import run_search
 
-    config = build_config(config_file, **options)
-    config = cluster.apply_gpu_options(config, precision, gpus_per_worker, warn=_warn)
-    with cluster.staged_results(config.results_dir) as results_dir:
-        staged = dataclasses.replace(config, results_dir=results_dir)
-        outcome = run_search(staged, echo=click.echo, verbose=verbose)
-    remote = cluster.is_remote(config.results_dir)
-    folder = f"{config.results_dir.rstrip('/')}/{outcome.name}" if remote else outcome.folder
-    click.echo(f"\ntlsearch: search {outcome.name} finished in {outcome.wall_s:.0f} s; tables in {folder}")
+    outcome = run_search(build_config(config_file, **options), echo=click.echo, verbose=verbose, restart=restart)
+    click.echo(f"\ntlsearch: search {outcome.name} finished in {outcome.wall_s:.0f} s; tables in {outcome.folder}")
     for line in report.summary(outcome.tables["trials"]):
         click.echo(line)
+    if outcome.best_weights:
+        click.echo(f"best model: {outcome.best_weights} (+ .json sidecar; usable as --weights)")
 
 
 @cli.command()

@@ -10,8 +10,8 @@
   ``insecure``; :func:`load_token` reads ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``
   and the token only ever travels in the ``Authorization`` header (:func:`auth_headers`), never in output.
 * Storage: :func:`check_storage` accepts ``s3://``, ``gs://`` or an absolute path; on a multi-node cluster a
-  node-local path is refused unless it is marked shared (NFS). :func:`staged_results` lets ``tlsearch run``
-  write its tables to ``s3://``/``gs://`` through pyarrow filesystems.
+  node-local path is refused unless it is marked shared (NFS). ``tlsearch run`` gives such a URI to Ray as its
+  storage path and uploads its tables there with :func:`upload`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shlex
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -541,21 +540,6 @@ def _check_pyarrow_scheme(scheme: str, path: str) -> None:
         raise ClusterError(f"storage path {path!r} has no bucket; give {scheme}://BUCKET/DIR")
 
 
-@contextmanager
-def staged_results(results_dir: str) -> Iterator[str]:
-    """A local folder for ``tlsearch run`` to write into, copied to ``results_dir`` when it is s3:// or gs://.
-
-    Local and NFS paths are used as they are. The copy happens only after the search finished without error.
-    """
-    if not is_remote(results_dir):
-        yield results_dir
-        return
-    filesystem, base = remote_filesystem(results_dir)
-    with tempfile.TemporaryDirectory(prefix="tlsearch-results-") as local:
-        yield local
-        upload(local, filesystem, base)
-
-
 def remote_filesystem(uri: str) -> tuple[Any, str]:
     import pyarrow.fs
 
@@ -579,43 +563,6 @@ def upload(local: str, filesystem: Any, base: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- GPU options
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def check_gpu_options(precision: str | None, gpus_per_worker: float | None, use_gpu: bool | None) -> None:
-    """Mixed precision and more than the default GPU per worker only make sense with GPUs."""
-    if precision is not None and precision not in PRECISIONS:
-        raise ClusterError(f"precision: got {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if precision in ("bf16", "fp16") and not use_gpu:
-        raise ClusterError(f"precision: got {precision} without --gpu; mixed precision needs GPUs "
-                           "(pass --gpu, or use fp32 on CPUs)")
-    if gpus_per_worker is not None:
-        if gpus_per_worker <= 0:
-            raise ClusterError(f"gpus_per_worker: got {gpus_per_worker:g}; must be > 0")
-        if not use_gpu:
-            raise ClusterError(f"gpus_per_worker: got {gpus_per_worker:g} without --gpu; pass --gpu too")
-
-
-def apply_gpu_options(
-    config: Any, precision: str | None, gpus_per_worker: float | None, warn: Callable[[str], None]
-) -> Any:
-    """Validate and put ``precision``/``gpus_per_worker`` into the SearchConfig, when it has those fields.
-
-    A SearchConfig without them gets fp32 and 1 GPU per worker: a different precision is warned about,
-    a different GPU count refused (it would silently give trials fewer GPUs than asked).
-    """
-    check_gpu_options(precision, gpus_per_worker, config.use_gpu)
-    fields = {f.name for f in dataclasses.fields(config)}
-    given = {"precision": precision, "gpus_per_worker": gpus_per_worker}
-    updates = {k: v for k, v in given.items() if v is not None and k in fields}
-    if precision not in (None, "fp32") and "precision" not in fields:
-        warn(f"tlsearch: precision {precision} is validated but not applied yet; trials train in fp32")
-    if gpus_per_worker not in (None, 1, 1.0) and "gpus_per_worker" not in fields:
-        raise ClusterError(f"gpus_per_worker: got {gpus_per_worker:g}; this tlsearch gives each worker 1 GPU "
-                           "(valid: 1)")
-    return dataclasses.replace(config, **updates) if updates else config
-
 
 # ------------------------------------------------------------------------------------------ submission
 
@@ -719,9 +666,8 @@ def plan_submission(
     import tlsearch
     from tlsearch.config import build_config
 
-    run_only = {k: v for k, v in options.items() if k not in ("precision", "gpus_per_worker", "verbose")}
+    run_only = {k: v for k, v in options.items() if k != "verbose"}
     config = build_config(run_only.pop("config_file", None), **run_only)
-    check_gpu_options(options.get("precision"), options.get("gpus_per_worker"), config.use_gpu)
     given = options.get("results_dir")
     if storage_path and given and storage_path != given:
         raise ClusterError(f"--storage-path {storage_path!r} and --results-dir {given!r} differ; "

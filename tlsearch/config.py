@@ -21,6 +21,7 @@ import yaml
 from tlsearch.errors import ConfigError
 
 INITS = ("pretrained", "scratch")
+PRECISIONS = ("fp32", "bf16", "fp16")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -224,7 +225,10 @@ class SearchConfig:
     num_workers: int = 1
     cpus_per_worker: float | None = None
     use_gpu: bool | None = None
+    gpus_per_worker: float = 1.0
+    precision: str = "fp32"
     max_concurrent: int | None = None
+    trial_timeout_s: float | None = None
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
     def __post_init__(self) -> None:
@@ -257,6 +261,17 @@ class SearchConfig:
             raise ConfigError(f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
         if self.max_concurrent is not None and self.max_concurrent <= 0:
             raise ConfigError(f"max_concurrent: must be > 0, got {self.max_concurrent}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: got {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.precision != "fp32" and self.use_gpu is not True:
+            raise ConfigError(f"precision: got {self.precision} without --gpu; mixed precision needs GPUs "
+                              "(pass --gpu, or use fp32 on CPUs)")
+        if self.gpus_per_worker <= 0:
+            raise ConfigError(f"gpus_per_worker: must be > 0, got {self.gpus_per_worker:g}")
+        if self.gpus_per_worker != 1 and self.use_gpu is not True:
+            raise ConfigError(f"gpus_per_worker: got {self.gpus_per_worker:g} without --gpu; pass --gpu too")
+        if self.trial_timeout_s is not None and self.trial_timeout_s <= 0:
+            raise ConfigError(f"trial_timeout_s: must be > 0 seconds, got {self.trial_timeout_s}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
 

@@ -254,7 +254,8 @@ def build(
     expected = set(model.state_dict())
     if source.num_classes == 0:
         expected -= classifier_keys(model)
-    missing = sorted(expected - set(source.state_dict))
+    # A FrozenBatchNorm2d (a frozen group in a trial's checkpoint) has no num_batches_tracked: not a misfit.
+    missing = sorted(k for k in expected - set(source.state_dict) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(source.state_dict) - set(model.state_dict()))
     if missing or unexpected:
         raise WeightsError(
@@ -262,7 +263,7 @@ def build(
             f"{len(missing)} missing key(s) (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
     try:
-        model.load_state_dict(source.state_dict, strict=source.num_classes != 0)
+        model.load_state_dict(source.state_dict, strict=False)
     except RuntimeError as exc:
         detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise WeightsError(f"weights from {source.origin} do not fit {model_name!r}: {detail}") from None

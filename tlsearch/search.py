@@ -11,7 +11,9 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,13 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlsearch import cluster, models, results
 from tlsearch import data as data_mod
-from tlsearch import models, results
 from tlsearch.config import SearchConfig
 from tlsearch.errors import ConfigError, ResultsError, TLSearchError
 from tlsearch.models import InputSpec, SourceWeights
 from tlsearch.train import Payload, TrialSpec
 
+WORKER_RETRIES = 1  # a Train worker that dies is restarted once, from the last checkpoint
 DRIVER_CPU = 0.01  # what a trial's Tune function holds; its Train workers hold the rest of the trial's CPUs
 METRIC, MODE = "val_acc", "max"
 
@@ -56,6 +59,7 @@ class Resources:
     num_workers: int
     use_gpu: bool
     cpus_per_worker: float
+    gpus_per_worker: float
     threads: int
     concurrency: int
 
@@ -63,9 +67,10 @@ class Resources:
 @dataclass
 class Outcome:
     name: str
-    folder: Path
+    folder: str
     tables: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    best_weights: str | None = None
 
 
 def default_name() -> str:
@@ -76,7 +81,8 @@ def prepare(config: SearchConfig) -> Plan:
     """Check the config against the model, weights and data; raise TLSearchError before anything is written."""
     name = config.name or default_name()
     folder = Path(config.results_dir).expanduser().resolve() / name
-    _check_writable(Path(config.results_dir).expanduser().resolve())
+    if not cluster.is_remote(config.results_dir):
+        _check_writable(Path(config.results_dir).expanduser().resolve())
     models.check_model_name(config.model)
     probe = models.create(config.model, num_classes=2)
     groups = models.num_groups(probe)
@@ -140,13 +146,15 @@ def plan_resources(config: SearchConfig, cluster: dict[str, float]) -> Resources
     """Concurrency from what a whole trial needs, so no trial waits forever for its workers."""
     gpus = cluster.get("GPU", 0.0)
     use_gpu = config.use_gpu if config.use_gpu is not None else gpus >= 1
-    if use_gpu and gpus < config.num_workers:
-        raise ConfigError(f"use_gpu with {config.num_workers} worker(s) needs as many GPUs; the cluster has {gpus:g}")
+    trial_gpus = config.num_workers * config.gpus_per_worker
+    if use_gpu and gpus < trial_gpus:
+        raise ConfigError(f"use_gpu with {config.num_workers} worker(s) x {config.gpus_per_worker:g} GPU needs "
+                          f"{trial_gpus:g} GPU(s); the cluster has {gpus:g}")
     cpus = cluster.get("CPU", 0.0)
     per_worker = config.cpus_per_worker or 1.0
     trial_cpus = config.num_workers * per_worker
     by_cpu = math.floor(cpus / trial_cpus + 1e-9)
-    by_gpu = math.floor(gpus / config.num_workers + 1e-9) if use_gpu else by_cpu
+    by_gpu = math.floor(gpus / trial_gpus + 1e-9) if use_gpu else by_cpu
     fits = min(by_cpu, by_gpu)
     if fits < 1:
         raise ConfigError(
@@ -154,24 +162,27 @@ def plan_resources(config: SearchConfig, cluster: dict[str, float]) -> Resources
             f"the cluster has {cpus:g}"
         )
     concurrency = min(fits, config.trials, config.max_concurrent or fits)
-    return Resources(config.num_workers, use_gpu, per_worker, max(1, int(per_worker)), concurrency)
+    return Resources(config.num_workers, use_gpu, per_worker, config.gpus_per_worker, max(1, int(per_worker)),
+                     concurrency)
 
 
 def run_trial(
-    config: dict[str, Any], *, spec: TrialSpec, payload: list[Any], resources: Resources, storage: str
+    config: dict[str, Any], *, spec: TrialSpec, payload: list[Any], resources: Resources, storage: str,
+    deadline_s: float | None,
 ) -> None:
-    """The Tune function trainable: one Ray Train run (named after the trial) per trial."""
+    """The Tune function trainable: one Ray Train run per trial, named after the trial so a restore finds it."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from tlsearch.stopping import fit_with_deadline
     from tlsearch.train import train_loop_per_worker
 
     trial_id = tune.get_context().get_trial_id()
     per_worker = {"CPU": resources.cpus_per_worker - DRIVER_CPU / resources.num_workers}
     if resources.use_gpu:
-        per_worker["GPU"] = 1
+        per_worker["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec, "hp": config, "payload": payload},
@@ -182,117 +193,179 @@ def run_trial(
             name=f"train-{trial_id}",
             storage_path=storage,
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=1),
+            # The best and (always kept by Ray) the latest checkpoint; older ones are deleted.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=WORKER_RETRIES),
         ),
     )
-    trainer.fit()
+    fit_with_deadline(trainer.fit, deadline_s)
 
 
-def _recorder_class() -> type:
+def storage_root(config: SearchConfig, name: str) -> str:
+    """Where Ray keeps the search's state and checkpoints: beside the tables, on local disk or s3:// / gs://."""
+    if cluster.is_remote(config.results_dir):
+        return f"{config.results_dir.rstrip('/')}/{name}/_ray"
+    return str(Path(config.results_dir).expanduser().resolve() / name / "_ray")
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _read_text(uri: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    filesystem, path = _filesystem(uri)
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return str(stream.read().decode())
+
+
+def _write_text(uri: str, text: str) -> None:
+    filesystem, path = _filesystem(uri)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+RESUME_IGNORES = {"address", "max_concurrent", "results_dir", "trial_timeout_s"}
+
+
+def check_resumable(config: SearchConfig, storage: str) -> bool:
+    """True when ``storage`` holds this search already; refuse to resume it with a different config."""
     from ray import tune
 
-    class EpochRecorder(tune.Callback):
-        """Keeps every per-epoch report as it arrives, and each trial's error."""
-
-        def __init__(self) -> None:
-            self.epochs: dict[str, list[dict[str, Any]]] = {}
-            self.configs: dict[str, dict[str, Any]] = {}
-            self.errors: dict[str, str] = {}
-            self.ids_by_path: dict[str, str] = {}
-
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            if "epoch" in result:
-                self.epochs.setdefault(trial.trial_id, []).append(dict(result))
-                self.configs[trial.trial_id] = dict(trial.config)
-
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.configs[trial.trial_id] = dict(trial.config)
-            self.ids_by_path[str(trial.path)] = trial.trial_id
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.errors[trial.trial_id] = _first_line(getattr(trial, "error_msg", None) or "error")
-
-    return EpochRecorder
+    if not tune.Tuner.can_restore(f"{storage}/tune"):
+        return False
+    stored_text = _read_text(f"{storage}/search.json")
+    if stored_text is None:
+        return True
+    stored, wanted = json.loads(stored_text), json.loads(json.dumps(config.to_dict(), default=str))
+    changed = sorted(k for k in wanted if k not in RESUME_IGNORES and stored.get(k) != wanted[k])
+    if changed:
+        raise ConfigError(
+            f"search {config.name!r} exists with a different {', '.join(changed)}; resume it with the same "
+            "options, pass --restart to start it over, or choose another --name"
+        )
+    return True
 
 
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln or "Exception" in ln]
-    return (errors[-1] if errors else lines[-1] if lines else "error")[:500]
+def discard(folder: str, echo: Callable[[str], None]) -> None:
+    """Delete a search's folder (tables, Ray state, checkpoints) for ``--restart``, saying what goes."""
+    import pyarrow.fs as pafs
+
+    filesystem, path = _filesystem(folder)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return
+    files = [i for i in filesystem.get_file_info(pafs.FileSelector(path, recursive=True)) if i.is_file]
+    trials = {i.path.split("/train-", 1)[1].split("/", 1)[0] for i in files if "/train-" in i.path}
+    size = sum(i.size or 0 for i in files) / 1e6
+    echo(f"tlsearch: --restart: discarding {folder} ({len(trials)} trial run(s), {len(files)} files, {size:.1f} MB)")
+    filesystem.delete_dir(path)
 
 
-def run_search(config: SearchConfig, echo: Callable[[str], None] = print, verbose: int = 1) -> Outcome:
-    """Validate, run the search on Ray, write the tables, and return where they are."""
+def run_search(
+    config: SearchConfig, echo: Callable[[str], None] = print, verbose: int = 1, restart: bool = False
+) -> Outcome:
+    """Validate, run (or resume) the search on Ray, write the tables, and return where they are."""
     import optuna
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    from tlsearch import space as space_mod
+    from tlsearch.space import DefineByRun
+    from tlsearch.stopping import PruningOptunaSearch, ResumableASHA
 
     plan = prepare(config)
     cfg = plan.config
-    echo(f"tlsearch: search {plan.name!r}: {cfg.model} on {cfg.dataset} ({len(plan.pool)} training images in the "
-         f"pool, {len(plan.val)} validation), {plan.num_groups} parameter groups, {cfg.trials} trials")
+    storage = storage_root(cfg, plan.name)
+    folder = storage.rsplit("/_ray", 1)[0]
+    resuming = not restart and check_resumable(cfg, storage)
+    echo(f"tlsearch: {'resuming' if resuming else 'search'} {plan.name!r}: {cfg.model} on {cfg.dataset} "
+         f"({len(plan.pool)} training images in the pool, {len(plan.val)} validation), "
+         f"{plan.num_groups} parameter groups, {cfg.trials} trials")
     started = time.perf_counter()
     start_ray(cfg.address, log_to_driver=verbose > 1)
     resources = plan_resources(cfg, ray.cluster_resources())
     echo(f"tlsearch: {resources.concurrency} trial(s) at once, each {resources.num_workers} worker(s) x "
-         f"{resources.cpus_per_worker:g} CPU" + (" + 1 GPU" if resources.use_gpu else ""))
-    payload = Payload(plan.images, plan.labels, plan.pool, plan.val, plan.source, cfg.seed)
-    payload_ref = [ray.put(payload)]
+         f"{resources.cpus_per_worker:g} CPU" + (f" + {resources.gpus_per_worker:g} GPU" if resources.use_gpu else ""))
+    if restart:
+        discard(folder, echo)
+    if not resuming:
+        _write_text(f"{storage}/search.json", json.dumps(cfg.to_dict(), default=str, indent=2))
+    payload_ref = [ray.put(Payload(plan.images, plan.labels, plan.pool, plan.val, plan.source, cfg.seed))]
     spec = TrialSpec(
         model=cfg.model, num_classes=plan.num_classes, input_spec=plan.input_spec, max_epochs=cfg.max_epochs,
         batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, weight_decay=cfg.weight_decay,
-        seed=cfg.seed, threads=resources.threads,
-        devices_per_worker=1.0 if resources.use_gpu else resources.cpus_per_worker,
+        seed=cfg.seed, threads=resources.threads, precision=cfg.precision,
+        devices_per_worker=resources.gpus_per_worker if resources.use_gpu else resources.cpus_per_worker,
     )
-    storage = str(plan.folder / "_ray")
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec, payload=payload_ref, resources=resources, storage=storage),
+        tune.with_parameters(run_trial, spec=spec, payload=payload_ref, resources=resources, storage=storage,
+                             deadline_s=cfg.trial_timeout_s),
         {"CPU": DRIVER_CPU},
     )
-    searcher = OptunaSearch(
-        space=space_mod.DefineByRun(cfg.space), metric=METRIC, mode=MODE,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-    )
-    scheduler = ASHAScheduler(
-        time_attr="epoch", max_t=cfg.max_epochs, grace_period=cfg.grace_period,
-        reduction_factor=cfg.reduction_factor,
-    )
-    recorder = _recorder_class()()
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=cfg.trials,
-            max_concurrent_trials=resources.concurrency,
-        ),
-        run_config=tune.RunConfig(name="tune", storage_path=storage, callbacks=[recorder], verbose=verbose),
-    )
+    if resuming:
+        tuner = tune.Tuner.restore(f"{storage}/tune", trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode=MODE, num_samples=cfg.trials, max_concurrent_trials=resources.concurrency,
+                search_alg=PruningOptunaSearch(
+                    space=DefineByRun(cfg.space), metric=METRIC, mode=MODE, max_epochs=cfg.max_epochs,
+                    sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                ),
+                scheduler=ResumableASHA(
+                    time_attr="epoch", max_t=cfg.max_epochs, grace_period=cfg.grace_period,
+                    reduction_factor=cfg.reduction_factor, tune_dir=f"{storage}/tune",
+                ),
+            ),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=storage, verbose=verbose,
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            ),
+        )
     grid = tuner.fit()
     wall = time.perf_counter() - started
-    tables = build_tables(plan, resources, grid, recorder, wall)
-    results.write_search(plan.folder, tables)
-    return Outcome(plan.name, plan.folder, tables, wall)
+    tables = build_tables(plan, resources, grid, wall)
+    _write_tables(folder, tables)
+    exported = export_best(plan, tables["trials"], storage, folder)
+    return Outcome(plan.name, folder, tables, wall, exported)
 
 
-def build_tables(plan: Plan, resources: Resources, grid: Any, recorder: Any, wall_s: float) -> dict[str, Any]:
+def _write_tables(folder: str, tables: dict[str, Any]) -> None:
+    if not cluster.is_remote(folder):
+        results.write_search(folder, tables)
+        return
+    with tempfile.TemporaryDirectory(prefix="tlsearch-tables-") as local:
+        results.write_search(local, tables)
+        filesystem, base = cluster.remote_filesystem(folder)
+        cluster.upload(local, filesystem, base)
+
+
+def build_tables(plan: Plan, resources: Resources, grid: Any, wall_s: float) -> dict[str, Any]:
+    """The three tables from the ResultGrid: each trial's persisted per-epoch results, its status and cost."""
     cfg = plan.config
     trial_rows, epoch_rows = [], []
     for result in grid:
-        trial_id = (result.metrics or {}).get("trial_id") or recorder.ids_by_path[str(result.path)]
-        config = {**recorder.configs.get(trial_id, {}), **(result.config or {})}
+        trial_id = _trial_id(result)
+        config = result.config or {}
         hp = {k: config.get(k) for k in ("init", "freeze_depth", "head_lr", "backbone_lr", "data_fraction")}
-        epochs = sorted({r["epoch"]: r for r in recorder.epochs.get(trial_id, [])}.values(), key=lambda r: r["epoch"])
+        epochs = _epochs(result)
         for r in epochs:
             epoch_rows.append({
                 "experiment": plan.name, "trial_id": trial_id, **hp, "epoch": int(r["epoch"]),
                 **{k: r.get(k) for k in ("val_acc", "val_loss", "train_loss", "wall_s", "device_s",
                                          "samples_seen", "train_flops")},
             })
-        trial_rows.append(_trial_row(plan, trial_id, hp, epochs, result, recorder.errors.get(trial_id)))
+        trial_rows.append(_trial_row(plan, trial_id, hp, epochs, result))
     trials = results.to_table("trials", trial_rows)
     finished = [r for r in trial_rows if r.get("best_val_acc") is not None]
     best = max(finished, key=lambda r: r["best_val_acc"], default=None)
@@ -315,26 +388,82 @@ def build_tables(plan: Plan, resources: Resources, grid: Any, recorder: Any, wal
     }
 
 
-def _trial_row(
-    plan: Plan, trial_id: str, hp: dict[str, Any], epochs: list[dict[str, Any]], result: Any, error: str | None
-) -> dict[str, Any]:
+def _trial_id(result: Any) -> str:
+    trial_id = (result.metrics or {}).get("trial_id")
+    if trial_id:
+        return str(trial_id)
+    match = re.match(r"run_trial_([0-9a-f]+)_", Path(str(result.path)).name)
+    return match.group(1) if match else Path(str(result.path)).name
+
+
+def _epochs(result: Any) -> list[dict[str, Any]]:
+    """A trial's per-epoch reports as persisted by Tune; after a worker restart the last report of an epoch wins."""
+    frame = result.metrics_dataframe
+    if frame is None or "epoch" not in frame:
+        return []
+    rows = frame.dropna(subset=["epoch"]).to_dict("records")
+    by_epoch = {int(r["epoch"]): {k: (None if v != v else v) for k, v in r.items()} for r in rows}  # NaN -> None
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _trial_row(plan: Plan, trial_id: str, hp: dict[str, Any], epochs: list[dict[str, Any]], result: Any) -> dict:
     last = epochs[-1] if epochs else {}
     best = max(epochs, key=lambda r: r["val_acc"], default={})
-    if result.error is not None or error:
-        status = "error"
-        error = error or _first_line(str(result.error))
+    error = None
+    if result.error is not None:
+        error = _first_line(str(result.error))
+        status = "timeout" if "timed out" in error else "error"
     else:
         status = "completed" if last.get("epoch", 0) >= plan.config.max_epochs else "stopped"
-    metrics = result.metrics or {}
     return {
         "experiment": plan.name, "trial_id": trial_id, "status": status, **hp,
         **{k: last.get(k) for k in ("num_groups", "train_size", "trainable_params", "flops_per_sample")},
-        "epochs": last.get("epoch", 0), "best_val_acc": best.get("val_acc"), "best_epoch": best.get("epoch"),
+        "epochs": int(last.get("epoch", 0)), "best_val_acc": best.get("val_acc"), "best_epoch": best.get("epoch"),
         "last_val_acc": last.get("val_acc"), "last_val_loss": last.get("val_loss"),
         "last_train_loss": last.get("train_loss"),
         **{k: last.get(k) for k in ("wall_s", "device_s", "samples_seen", "train_flops")},
-        "error": error, "checkpoint_path": metrics.get("checkpoint_path"),
+        "error": error, "checkpoint_path": last.get("checkpoint_path"),
     }
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "Exception" in ln or "timed out" in ln]
+    return (errors[-1] if errors else lines[-1] if lines else "error")[:500]
+
+
+def export_best(plan: Plan, trials: Any, storage: str, folder: str) -> str | None:
+    """Copy the best trial's best checkpoint to ``best.safetensors`` with a JSON sidecar, as --weights reads."""
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
+
+    done = trials.filter(pc.is_valid(trials["best_val_acc"]))
+    if done.num_rows == 0:
+        return None
+    best = done.take(pc.sort_indices(done, sort_keys=[("best_val_acc", "descending")])[:1]).to_pylist()[0]
+    filesystem, base = _filesystem(f"{storage}/train-{best['trial_id']}")
+    found = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    checkpoints: dict[int, str] = {}
+    for info in found:
+        if info.base_name == "progress.json":
+            with filesystem.open_input_stream(info.path) as stream:
+                checkpoints[int(json.loads(stream.read())["epoch"])] = info.path.rsplit("/", 1)[0]
+    if not checkpoints:
+        return None
+    epoch = best["best_epoch"] if best["best_epoch"] in checkpoints else max(checkpoints)
+    target_fs, target = _filesystem(f"{folder}/best.safetensors")
+    pafs.copy_files(f"{checkpoints[epoch]}/model.safetensors", target, source_filesystem=filesystem,
+                    destination_filesystem=target_fs)
+    spec = plan.input_spec
+    sidecar = {
+        "model": plan.config.model, "num_classes": plan.num_classes, "dataset": plan.config.dataset,
+        "input": {"in_chans": spec.in_chans, "size": spec.size, "mean": list(spec.mean), "std": list(spec.std)},
+        "val_acc": best["best_val_acc"] if epoch == best["best_epoch"] else None, "epoch": epoch,
+        "trial_id": best["trial_id"], "experiment": plan.name,
+        "config": {k: best[k] for k in ("init", "freeze_depth", "head_lr", "backbone_lr", "data_fraction")},
+    }
+    _write_text(f"{folder}/best.json", json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    return f"{folder}/best.safetensors"
 
 
 def versions() -> dict[str, str | None]:

@@ -42,6 +42,7 @@ class TrialSpec:
     seed: int
     threads: int
     devices_per_worker: float
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -123,18 +124,41 @@ def loaders(payload: Payload, hp: Hyper, spec: TrialSpec) -> tuple[DataLoader, D
     return train, val, len(train_idx)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """Mixed precision on GPUs: autocast to ``dtype``, with a gradient scaler for fp16. fp32 is a no-op."""
+
+    name: str = "fp32"
+    device_type: str = "cpu"
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "fp32" and self.device_type == "cuda"
+
+    def autocast(self) -> Any:
+        dtype = torch.bfloat16 if self.name == "bf16" else torch.float16
+        return torch.autocast(self.device_type, dtype=dtype, enabled=self.enabled)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device_type, enabled=self.enabled and self.name == "fp16")
+
+
 def train_epoch(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize: Any,
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module,
+    precision: Precision = Precision(), scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
     """One pass over the training subset; returns (mean loss, samples seen by this worker)."""
     model.train()
+    scaler = scaler or precision.scaler()
     total, seen = 0.0, 0
     for x, y in batches:
-        loss = loss_fn(model(normalize(x)), y)
+        with precision.autocast():
+            loss = loss_fn(model(normalize(x)), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         total += loss.item() * len(y)
         seen += len(y)
@@ -143,13 +167,15 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize: Any, loss_fn: nn.Module
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize: Any, loss_fn: nn.Module,
+    precision: Precision = Precision(),
 ) -> tuple[float, float]:
     """(mean loss, accuracy) on the validation split, summed over all workers."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
     for x, y in batches:
-        logits = model(normalize(x))
+        with precision.autocast():
+            logits = model(normalize(x)).float()
         sums += torch.tensor([loss_fn(logits, y).item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)])
     sums = _all_reduce(sums)
     count = max(float(sums[2]), 1.0)
@@ -203,7 +229,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     train_loader = ray.train.torch.prepare_data_loader(train_loader)
     val_loader = ray.train.torch.prepare_data_loader(val_loader)
-    normalize = normalizer(spec.input_spec, ray.train.torch.get_device())
+    device = ray.train.torch.get_device()
+    normalize = normalizer(spec.input_spec, device)
+    precision = Precision(spec.precision, device.type)
+    scaler = precision.scaler()
     static = {
         "train_size": train_size, "num_groups": plan.num_groups, "flops_per_sample": flops_per_sample,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -212,8 +241,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(first_epoch, spec.max_epochs + 1):
         if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
-        train_loss, seen = train_epoch(model, train_loader, normalize, optimizer, scheduler, loss_fn)
-        val_loss, val_acc = evaluate(model, val_loader, normalize, loss_fn)
+        inject_fault(epoch)
+        train_loss, seen = train_epoch(model, train_loader, normalize, optimizer, scheduler, loss_fn, precision, scaler)
+        val_loss, val_acc = evaluate(model, val_loader, normalize, loss_fn, precision)
         now = time.perf_counter()
         cost.wall_s += now - started
         cost.device_s += (now - started) * devices
@@ -223,6 +253,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss,
                    **asdict(cost), **static}
         _report(metrics, model, optimizer, scheduler, cost, epoch, context.get_world_rank())
+
+
+FAULTS_ENV = "TLSEARCH_FAULTS"
+
+
+def inject_fault(epoch: int) -> None:
+    """Fault injection for tests: ``TLSEARCH_FAULTS`` names a JSON file, e.g. ``{"raise_at_epoch": 2}``.
+
+    Keys: ``raise_at_epoch``, ``hang_at_epoch`` (sleeps for an hour), ``kill_at_epoch`` with ``kill_marker`` (a
+    path: the worker SIGKILLs itself once, the first time, and leaves the marker so a restart goes on).
+    """
+    path = os.environ.get(FAULTS_ENV)
+    if not path or not os.path.isfile(path):
+        return
+    with open(path) as fh:
+        faults = json.load(fh)
+    if faults.get("raise_at_epoch") == epoch:
+        raise RuntimeError(f"injected fault at epoch {epoch}")
+    if faults.get("hang_at_epoch") == epoch:
+        time.sleep(3600)
+    marker = faults.get("kill_marker")
+    if faults.get("kill_at_epoch") == epoch and marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), 9)
 
 
 def _report(

@@ -1,0 +1,74 @@
+"""Fault injection on a local 2-CPU Ray: a trial that raises, a worker SIGKILLed once, a trial that hangs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tlsearch import results
+from tlsearch.config import build_config
+from tlsearch.search import run_search, storage_root
+from tlsearch.stopping import recorded_results
+from tlsearch.train import FAULTS_ENV
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def faults_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Set before Ray starts, so every worker process inherits it; each test writes the faults it wants."""
+    path = tmp_path_factory.mktemp("faults") / "faults.json"
+    os.environ[FAULTS_ENV] = str(path)
+    yield path
+    del os.environ[FAULTS_ENV]
+
+
+@pytest.fixture
+def faults(faults_file: Path, ray_2_cpus: None) -> Iterator[Path]:
+    yield faults_file
+    faults_file.unlink(missing_ok=True)
+
+
+def _search(tmp_path: Path, name: str, **overrides: object) -> tuple:
+    options = dict(dataset="digits-split", model="test_resnet", init="scratch", image_size=16, trials=1,
+                   max_epochs=3, name=name, results_dir=str(tmp_path / "results"), batch_size=64,
+                   data_fraction="0.5")
+    options.update(overrides)
+    config = build_config(None, **options)
+    run_search(config, echo=lambda _: None, verbose=0)
+    tables = results.open(tmp_path / "results" / name)
+    return tables.trials.to_table().to_pylist(), tables.epochs.to_table().to_pylist(), config
+
+
+def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(tmp_path: Path, faults: Path) -> None:
+    faults.write_text(json.dumps({"raise_at_epoch": 2}))
+    trials, epochs, _ = _search(tmp_path, "raises", trials=2)
+    assert len(trials) == 2
+    for trial in trials:
+        assert trial["status"] == "error"
+        assert "injected fault at epoch 2" in trial["error"]
+        assert trial["epochs"] == 1 and trial["best_val_acc"] is not None  # epoch 1 is kept
+    assert sorted(e["epoch"] for e in epochs) == [1, 1]
+
+
+def test_a_killed_worker_continues_from_its_checkpoint(tmp_path: Path, faults: Path) -> None:
+    marker = tmp_path / "killed"
+    faults.write_text(json.dumps({"kill_at_epoch": 2, "kill_marker": str(marker)}))
+    trials, epochs, config = _search(tmp_path, "killed")
+    assert marker.exists(), "the fault did not fire"
+    assert [t["status"] for t in trials] == ["completed"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    reported = [r["epoch"] for r in recorded_results(storage_root(config, "killed") + "/tune")]
+    assert reported == [1, 2, 3], "the restarted worker started over instead of resuming at epoch 2"
+
+
+def test_a_hung_trial_is_ended_by_its_deadline(tmp_path: Path, faults: Path) -> None:
+    faults.write_text(json.dumps({"hang_at_epoch": 2}))
+    trials, epochs, _ = _search(tmp_path, "hangs", trial_timeout_s=45.0)
+    assert [t["status"] for t in trials] == ["timeout"]
+    assert "deadline of 45 s" in trials[0]["error"]
+    assert [e["epoch"] for e in epochs] == [1]
