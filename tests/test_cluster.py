@@ -10,6 +10,7 @@ import copy
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -504,32 +505,40 @@ def test_cluster_shape_decides_multi_node() -> None:
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_submit_to_a_real_ray_cluster_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Submit a tiny search to a real Ray and wait for its tables.
+    """Submit a tiny search to a real two-node Ray and follow it to its tables.
 
-    Uses TLSEARCH_TEST_CLUSTER (a dashboard URL) if set, else starts a local 2-CPU head on 127.0.0.1 with
-    ``ray start`` and stops it afterwards. Run with: pytest -m cluster tests/test_cluster.py
+    Uses TLSEARCH_TEST_CLUSTER (a dashboard URL) if set. Otherwise starts a 1-CPU head on 127.0.0.1 (dashboard and
+    job API on 127.0.0.1:8265) and joins a second 1-CPU node to it on the same machine, so the two trials must run
+    on different nodes. ``ray start`` refuses to join a second node while Ray is kept on loopback, so the nodes are
+    started with ``ray.cluster_utils.Cluster``, Ray's own multi-node-on-one-machine harness. Both are stopped after.
     """
-    import subprocess
-    import sys
-
     import pyarrow.parquet as pq
+
+    from tlsearch.search import _stay_on_loopback
 
     given = os.environ.get("TLSEARCH_TEST_CLUSTER")
     address = given or "http://127.0.0.1:8265"
     storage = os.environ.get("TLSEARCH_TEST_STORAGE", str(tmp_path / "results"))
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    monkeypatch.setenv("HOME", REAL_HOME)  # the real ~/.ray/auth_token, if Ray made one
+    monkeypatch.setenv("HOME", REAL_HOME)  # the real ~/.ray/auth_token, which Ray makes for local clusters
+    # The job's `python` is this virtualenv's: Ray's job supervisor inherits this PATH from the nodes we start.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    started = given is None
-    if started:  # the job's `python` is this virtualenv's: Ray's job supervisor inherits this PATH
-        subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1",
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", "8265", "--disable-usage-stats"],
-                       check=True, capture_output=True, timeout=180)
+    head = None
+    if given is None:
+        from ray.cluster_utils import Cluster
+
+        _stay_on_loopback()
+        head = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": 8265,
+            "node_ip_address": "127.0.0.1"})
+        # Its own runtime-env folder: on one machine both nodes would unpack the job's working_dir into the
+        # same place, and the second unpacking would delete the job driver's current directory under it.
+        head.add_node(num_cpus=1, node_ip_address="127.0.0.1", runtime_env_dir_name="runtime_resources_node2")
+        head.wait_for_nodes()
     try:
         submit = invoke("submit", "--address", address, "--working-dir", str(tmp_path), "--no-install",
-                        "--dataset", "digits-split", "--model", "resnet10t", "--image-size", "16",
-                        "--trials", "2", "--max-epochs", "1", "--val-size", "100", "--init", "scratch",
-                        "--name", "e2e", "--storage-path", storage)
+                        "--dataset", "digits-split", "--model", "test_resnet", "--image-size", "16",
+                        "--trials", "2", "--max-epochs", "2", "--val-size", "100", "--init", "scratch",
+                        "--name", "e2e", "--storage-path", storage, "--shared-storage")
         assert submit.exit_code == 0, submit.output
         job_id = submit.stdout.strip()
         deadline = time.monotonic() + 900
@@ -543,7 +552,11 @@ def test_submit_to_a_real_ray_cluster_end_to_end(tmp_path: Path, monkeypatch: py
         assert "SUCCEEDED" in status, status + logs[-3000:]
         assert "search e2e finished" in logs
         if not cluster.is_remote(storage):
-            assert pq.read_table(Path(storage) / "e2e" / "trials.parquet").num_rows == 2
+            trials = pq.read_table(Path(storage) / "e2e" / "trials.parquet")
+            assert trials.num_rows == 2
+            assert set(trials["status"].to_pylist()) <= {"completed", "stopped"}
+            if head is not None:
+                assert len(set(trials["node_id"].to_pylist())) == 2, "the trials did not run on both nodes"
     finally:
-        if started:
-            subprocess.run([ray_bin, "stop"], check=False, capture_output=True, timeout=120)
+        if head is not None:
+            head.shutdown()

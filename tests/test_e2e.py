@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
-
 import ray
 
 from tlsearch import models, pretrain, results
@@ -54,7 +53,8 @@ def test_search_end_to_end(tmp_path: Path, ray_2_cpus: None) -> None:
     assert experiment["ray_version"] and experiment["torch_version"]
     assert outcome.folder == str((tmp_path / "results" / "e2e").resolve())
     assert outcome.best_weights and Path(outcome.best_weights).is_file()
-    best = models.resolve_source("test_resnet", outcome.best_weights, models.input_spec(models.create("test_resnet", 2)))
+    default_spec = models.input_spec(models.create("test_resnet", 2))
+    best = models.resolve_source("test_resnet", outcome.best_weights, default_spec)
     assert best.num_classes == 5 and best.input_spec.size == 16  # the exported model is usable as --weights
     assert _worker_groups_released(), "finished trials kept their workers' placement groups (CPUs never freed)"
 

@@ -140,7 +140,7 @@ def _trial_outcome(curve: Curve, stop: int, stopped_at: int | None, max_epochs: 
     ]
     accs = _numbers(a for _, a, _ in rows)
     costs = _numbers(d for _, _, d in rows)
-    cut_short = stopped_at is None and stop < max_epochs and curve.status != "error"
+    cut_short = stopped_at is None and stop < max_epochs and curve.status not in ("error", "timeout")
     return TrialReplay(
         trial_id=curve.trial_id,
         stop_epoch=stop,

@@ -83,6 +83,7 @@ TRIALS = pa.schema([
     pa.field("last_val_loss", pa.float64()),
     pa.field("last_train_loss", pa.float64()),
     *COST_FIELDS,
+    pa.field("node_id", pa.string()),  # the Ray node of the trial's rank-0 worker (last epoch)
     pa.field("error", pa.string()),
     pa.field("checkpoint_path", pa.string()),
 ])
@@ -96,6 +97,7 @@ EPOCHS = pa.schema([
     pa.field("val_loss", pa.float64()),
     pa.field("train_loss", pa.float64()),
     *COST_FIELDS,
+    pa.field("node_id", pa.string()),
 ])
 
 SCHEMAS = {"experiments": EXPERIMENTS, "trials": TRIALS, "epochs": EPOCHS}

@@ -118,7 +118,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, log_to_dr
     """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray bound to 127.0.0.1.
 
     The dashboard (on 127.0.0.1) is kept on: Ray Train V2 frees each trial's worker placement group through
-    the State API, and without it finished trials keep their CPUs and the next trials never start.
+    the State API it serves, and without it finished trials keep their CPUs and the next trials never start.
     """
     import ray
 
@@ -126,20 +126,34 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, log_to_dr
         return
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not address or _is_loopback_address(address):
+        _stay_on_loopback()
     try:
         if address:
             ray.init(address=address, log_to_driver=log_to_driver)
         else:
-            # Ray otherwise binds its GCS and raylet to the machine's routable address, not loopback. The
-            # switch is read when ray is imported: set it for the processes Ray starts and for this one.
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-            ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
             ray.init(
                 num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                 _node_ip_address="127.0.0.1", log_to_driver=log_to_driver,
             )
     except (ConnectionError, TimeoutError, ValueError) as exc:
         raise TLSearchError(f"cannot reach Ray at {address or 'a new local instance'}: {exc}") from None
+
+
+def _is_loopback_address(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _stay_on_loopback() -> None:
+    """Keep Ray on 127.0.0.1: by default it swaps a loopback address for the machine's routable one.
+
+    The switch is read when ray is imported, so it is set for the processes Ray starts and for this one.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def plan_resources(config: SearchConfig, cluster: dict[str, float]) -> Resources:
@@ -363,7 +377,7 @@ def build_tables(plan: Plan, resources: Resources, grid: Any, wall_s: float) -> 
             epoch_rows.append({
                 "experiment": plan.name, "trial_id": trial_id, **hp, "epoch": int(r["epoch"]),
                 **{k: r.get(k) for k in ("val_acc", "val_loss", "train_loss", "wall_s", "device_s",
-                                         "samples_seen", "train_flops")},
+                                         "samples_seen", "train_flops", "node_id")},
             })
         trial_rows.append(_trial_row(plan, trial_id, hp, epochs, result))
     trials = results.to_table("trials", trial_rows)
@@ -421,7 +435,7 @@ def _trial_row(plan: Plan, trial_id: str, hp: dict[str, Any], epochs: list[dict[
         "epochs": int(last.get("epoch", 0)), "best_val_acc": best.get("val_acc"), "best_epoch": best.get("epoch"),
         "last_val_acc": last.get("val_acc"), "last_val_loss": last.get("val_loss"),
         "last_train_loss": last.get("train_loss"),
-        **{k: last.get(k) for k in ("wall_s", "device_s", "samples_seen", "train_flops")},
+        **{k: last.get(k) for k in ("wall_s", "device_s", "samples_seen", "train_flops", "node_id")},
         "error": error, "checkpoint_path": last.get("checkpoint_path"),
     }
 

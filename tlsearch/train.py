@@ -236,6 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     static = {
         "train_size": train_size, "num_groups": plan.num_groups, "flops_per_sample": flops_per_sample,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "node_id": ray.get_runtime_context().get_node_id(),
     }
     devices = world * spec.devices_per_worker
     for epoch in range(first_epoch, spec.max_epochs + 1):
