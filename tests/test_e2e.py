@@ -69,3 +69,20 @@ def _worker_groups_released(timeout_s: float = 20.0) -> bool:
             return True
         time.sleep(1)
     return False
+
+
+def test_linear_probes_share_cached_features(tmp_path: Path, ray_2_cpus: None) -> None:
+    weights = tmp_path / "source.safetensors"
+    pretrain("digits-split", "test_resnet", weights, epochs=1, image_size=16, echo=lambda _: None)
+    config = build_config(
+        None, dataset="digits-split", model="test_resnet", weights=str(weights), trials=2, max_epochs=2,
+        name="probe", results_dir=str(tmp_path / "results"), init="pretrained", freeze_depth="5",
+        data_fraction="0.5", max_concurrent=1,
+    )
+    run_search(config, echo=lambda _: None, verbose=0)
+    trials = results.open(tmp_path / "results").trials.to_table().sort_by("trial_id").to_pylist()
+    assert sorted(t["feature_cache"] for t in trials) == ["hit", "miss"]
+    miss, hit = sorted(trials, key=lambda t: t["feature_cache"] == "hit")
+    assert miss["flops_per_sample"] == hit["flops_per_sample"] < 1e5  # the classifier alone
+    assert miss["train_flops"] > hit["train_flops"]  # the miss paid the one-off feature pass
+    assert all(t["status"] == "completed" and t["best_val_acc"] > 0.2 for t in trials)

@@ -74,6 +74,8 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Training precision; bf16/fp16 (mixed) need --gpu (default fp32)."),
     click.option("--max-concurrent", type=int,
                  help="Cap on trials at once (default: what the resources fit)."),
+    click.option("--feature-cache/--no-feature-cache", default=None,
+                 help="Linear probes train on frozen features computed once per data subset (default: on)."),
     click.option("--trial-timeout", "trial_timeout_s", type=float,
                  help="Seconds a trial may run before it is ended and recorded as timed out (default: none)."),
     click.option("--freeze-depth",

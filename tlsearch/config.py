@@ -229,6 +229,7 @@ class SearchConfig:
     precision: str = "fp32"
     max_concurrent: int | None = None
     trial_timeout_s: float | None = None
+    feature_cache: bool = True
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
     def __post_init__(self) -> None:

@@ -76,6 +76,7 @@ TRIALS = pa.schema([
     pa.field("train_size", pa.int64()),
     pa.field("trainable_params", pa.int64()),
     pa.field("flops_per_sample", pa.float64()),
+    pa.field("feature_cache", pa.string()),  # off | miss (computed the features) | hit (reused them)
     pa.field("epochs", pa.int32()),
     pa.field("best_val_acc", pa.float64()),
     pa.field("best_epoch", pa.int32()),

@@ -182,7 +182,7 @@ def plan_resources(config: SearchConfig, cluster: dict[str, float]) -> Resources
 
 def run_trial(
     config: dict[str, Any], *, spec: TrialSpec, payload: list[Any], resources: Resources, storage: str,
-    deadline_s: float | None,
+    deadline_s: float | None, feature_cache: Any = None,
 ) -> None:
     """The Tune function trainable: one Ray Train run per trial, named after the trial so a restore finds it."""
     import ray.train
@@ -199,7 +199,7 @@ def run_trial(
         per_worker["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec, "hp": config, "payload": payload},
+        train_loop_config={"spec": spec, "hp": config, "payload": payload, "feature_cache": feature_cache},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker
         ),
@@ -292,6 +292,7 @@ def run_search(
     import ray
     from ray import tune
 
+    from tlsearch.features import FeatureCache
     from tlsearch.space import DefineByRun
     from tlsearch.stopping import PruningOptunaSearch, ResumableASHA
 
@@ -313,15 +314,16 @@ def run_search(
     if not resuming:
         _write_text(f"{storage}/search.json", json.dumps(cfg.to_dict(), default=str, indent=2))
     payload_ref = [ray.put(Payload(plan.images, plan.labels, plan.pool, plan.val, plan.source, cfg.seed))]
+    feature_cache = ray.remote(num_cpus=0)(FeatureCache).remote() if cfg.feature_cache else None
     spec = TrialSpec(
         model=cfg.model, num_classes=plan.num_classes, input_spec=plan.input_spec, max_epochs=cfg.max_epochs,
         batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, weight_decay=cfg.weight_decay,
-        seed=cfg.seed, threads=resources.threads, precision=cfg.precision,
+        seed=cfg.seed, threads=resources.threads, precision=cfg.precision, feature_cache=cfg.feature_cache,
         devices_per_worker=resources.gpus_per_worker if resources.use_gpu else resources.cpus_per_worker,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, payload=payload_ref, resources=resources, storage=storage,
-                             deadline_s=cfg.trial_timeout_s),
+                             deadline_s=cfg.trial_timeout_s, feature_cache=feature_cache),
         {"CPU": DRIVER_CPU},
     )
     if resuming:
@@ -431,7 +433,8 @@ def _trial_row(plan: Plan, trial_id: str, hp: dict[str, Any], epochs: list[dict[
         status = "completed" if last.get("epoch", 0) >= plan.config.max_epochs else "stopped"
     return {
         "experiment": plan.name, "trial_id": trial_id, "status": status, **hp,
-        **{k: last.get(k) for k in ("num_groups", "train_size", "trainable_params", "flops_per_sample")},
+        **{k: last.get(k) for k in ("num_groups", "train_size", "trainable_params", "flops_per_sample",
+                                    "feature_cache")},
         "epochs": int(last.get("epoch", 0)), "best_val_acc": best.get("val_acc"), "best_epoch": best.get("epoch"),
         "last_val_acc": last.get("val_acc"), "last_val_loss": last.get("val_loss"),
         "last_train_loss": last.get("train_loss"),

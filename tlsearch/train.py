@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlsearch import data as data_mod
-from tlsearch import models
+from tlsearch import features, models
 from tlsearch.models import FreezePlan, InputSpec, SourceWeights
 
 
@@ -43,6 +43,7 @@ class TrialSpec:
     threads: int
     devices_per_worker: float
     precision: str = "fp32"
+    feature_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,20 +109,23 @@ def normalizer(spec: InputSpec, device: torch.device) -> Any:
     return normalize
 
 
-def loaders(payload: Payload, hp: Hyper, spec: TrialSpec) -> tuple[DataLoader, DataLoader, int]:
-    """Training subset (nested, stratified) and validation loaders; plain tensors, no per-epoch decoding."""
+def subset(payload: Payload, hp: Hyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the trial's training subset (nested, stratified) and of the shared validation split."""
     labels = payload.labels.numpy()
     train_idx = data_mod.nested_fraction(labels, payload.pool, hp.data_fraction, payload.split_seed)
-    train_idx_t, val_idx_t = torch.from_numpy(train_idx), torch.from_numpy(payload.val)
+    return torch.from_numpy(train_idx), torch.from_numpy(payload.val)
+
+
+def loaders(
+    train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], spec: TrialSpec
+) -> tuple[DataLoader, DataLoader]:
+    """Loaders over in-memory tensors (images or cached features): nothing is decoded per epoch."""
     generator = torch.Generator().manual_seed(spec.seed)
-    train = DataLoader(
-        TensorDataset(payload.images[train_idx_t], payload.labels[train_idx_t]),
-        batch_size=spec.batch_size, shuffle=True, generator=generator, drop_last=len(train_idx) > spec.batch_size,
+    train_loader = DataLoader(
+        TensorDataset(*train), batch_size=spec.batch_size, shuffle=True, generator=generator,
+        drop_last=len(train[1]) > spec.batch_size,
     )
-    val = DataLoader(
-        TensorDataset(payload.images[val_idx_t], payload.labels[val_idx_t]), batch_size=spec.eval_batch_size
-    )
-    return train, val, len(train_idx)
+    return train_loader, DataLoader(TensorDataset(*val), batch_size=spec.eval_batch_size)
 
 
 @dataclass(frozen=True)
@@ -216,35 +220,48 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model, plan = build_model(spec, hp, payload.source)
     loss_fn = nn.CrossEntropyLoss()
-    flops_per_sample, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
-    train_loader, val_loader, train_size = loaders(payload, hp, spec)
+    device = ray.train.torch.get_device()
+    normalize = normalizer(spec.input_spec, device)
+    train_idx, val_idx = subset(payload, hp)
+    train_y, val_y = payload.labels[train_idx], payload.labels[val_idx]
+    cached = _classifier_features(config.get("feature_cache"), model.to(device), hp, payload, train_idx, val_idx,
+                                  normalize) if spec.feature_cache else None
+    if cached is None:
+        net: nn.Module = model
+        flops_per_sample, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
+        train_loader, val_loader = loaders((payload.images[train_idx], train_y), (payload.images[val_idx], val_y), spec)
+        one_off_flops, cache_status = 0.0, "off"
+    else:  # a linear probe: the classifier alone trains, on features the frozen part computed once
+        net, normalize = model.get_classifier(), _identity  # type: ignore[operator]
+        flops_per_sample = _classifier_flops(net, cached.train[:2], loss_fn)
+        train_loader, val_loader = loaders((cached.train, train_y), (cached.val, val_y), spec)
+        one_off_flops = cached.forward_flops_per_image * cached.computed_images
+        cache_status = "miss" if cached.computed_images else "hit"
     steps = spec.max_epochs * max(1, len(train_loader) // world)
     optimizer, scheduler = make_optimizer(model, plan, hp, spec.weight_decay, steps)
-    cost, first_epoch = Cost(), 1
+    cost, first_epoch = Cost(train_flops=one_off_flops), 1
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             cost, first_epoch = _restore(folder, model, optimizer, scheduler)
 
-    model = ray.train.torch.prepare_model(model)
+    full_model, net = model, ray.train.torch.prepare_model(net)
     train_loader = ray.train.torch.prepare_data_loader(train_loader)
     val_loader = ray.train.torch.prepare_data_loader(val_loader)
-    device = ray.train.torch.get_device()
-    normalize = normalizer(spec.input_spec, device)
     precision = Precision(spec.precision, device.type)
     scaler = precision.scaler()
     static = {
-        "train_size": train_size, "num_groups": plan.num_groups, "flops_per_sample": flops_per_sample,
+        "train_size": len(train_idx), "num_groups": plan.num_groups, "flops_per_sample": flops_per_sample,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_id": ray.get_runtime_context().get_node_id(), "feature_cache": cache_status,
     }
     devices = world * spec.devices_per_worker
     for epoch in range(first_epoch, spec.max_epochs + 1):
         if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         inject_fault(epoch)
-        train_loss, seen = train_epoch(model, train_loader, normalize, optimizer, scheduler, loss_fn, precision, scaler)
-        val_loss, val_acc = evaluate(model, val_loader, normalize, loss_fn, precision)
+        train_loss, seen = train_epoch(net, train_loader, normalize, optimizer, scheduler, loss_fn, precision, scaler)
+        val_loss, val_acc = evaluate(net, val_loader, normalize, loss_fn, precision)
         now = time.perf_counter()
         cost.wall_s += now - started
         cost.device_s += (now - started) * devices
@@ -253,7 +270,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = now
         metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss,
                    **asdict(cost), **static}
-        _report(metrics, model, optimizer, scheduler, cost, epoch, context.get_world_rank())
+        _report(metrics, full_model, optimizer, scheduler, cost, epoch, context.get_world_rank())
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _classifier_features(
+    cache: Any, model: nn.Module, hp: Hyper, payload: Payload, train_idx: torch.Tensor, val_idx: torch.Tensor,
+    normalize: Any,
+) -> features.Features | None:
+    """Cached frozen-part outputs for a linear probe, or None when the trial must run the whole model."""
+    if not features.eligible(model) or not features.matches(model, normalize(payload.images[val_idx[:4]])):
+        return None
+    train, computed_train = features.cached(cache, ("train", hp.freeze_depth, hp.data_fraction), model,
+                                            payload.images[train_idx], normalize)
+    val, computed_val = features.cached(cache, ("val", hp.freeze_depth), model, payload.images[val_idx], normalize)
+    flops = features.forward_flops_per_image(model, normalize(payload.images[val_idx[:2]]))
+    return features.Features(train, val, computed_train + computed_val, flops)
+
+
+def _classifier_flops(classifier: nn.Module, example: torch.Tensor, loss_fn: nn.Module) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        loss = loss_fn(classifier(example), torch.zeros(len(example), dtype=torch.long))
+        loss.backward()
+    classifier.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(example)
 
 
 FAULTS_ENV = "TLSEARCH_FAULTS"

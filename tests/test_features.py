@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from tlsearch import features, models
+from tlsearch.models import InputSpec
+from tlsearch.train import Hyper, TrialSpec, evaluate, loaders, normalizer, train_epoch
+
+SPEC = InputSpec(3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def _frozen(name: str, depth: int | None = None) -> nn.Module:
+    model = models.create(name, num_classes=3)
+    groups = models.num_groups(model)
+    models.apply_freeze(model, groups - 1 if depth is None else depth)
+    return model
+
+
+@pytest.mark.parametrize(("name", "expected"), [("test_resnet", True), ("test_efficientnet", True),
+                                                 ("test_vit", True), ("test_convnext", False)])
+def test_eligible_only_when_the_classifier_alone_trains(name: str, expected: bool) -> None:
+    model = _frozen(name)  # linear probe: ConvNeXt's last group also holds head.norm, which trains
+    assert features.eligible(model) is expected
+    if expected:
+        assert features.matches(model, torch.randn(2, 3, 32, 32))
+    assert not features.eligible(_frozen(name, depth=0))
+
+
+def test_classifier_on_features_reproduces_the_model() -> None:
+    model = _frozen("test_resnet")
+    x = torch.randn(4, 3, 32, 32)
+    assert features.matches(model, x)
+    broken = _frozen("test_resnet")
+    broken.forward_head = lambda x, pre_logits=False: x.mean((2, 3)) * 2  # type: ignore[method-assign]
+    assert not features.matches(broken, x)
+
+
+def test_training_on_cached_features_equals_training_the_frozen_model() -> None:
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (96, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (96,))
+    spec = TrialSpec("test_resnet", 3, SPEC, 2, 32, 64, 0.0, 0, 1, 1.0)
+    hp = Hyper("pretrained", 5, 1e-2, 1e-3, 1.0)
+    full = _frozen("test_resnet")
+    probe = copy.deepcopy(full)
+    normalize = normalizer(SPEC, torch.device("cpu"))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def optimizer(model: nn.Module) -> tuple:
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=hp.head_lr)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+    train_loader, val_loader = loaders((images[:64], labels[:64]), (images[64:], labels[64:]), spec)
+    train_epoch(full, train_loader, normalize, *optimizer(full), loss_fn)
+    full_val = evaluate(full, val_loader, normalize, loss_fn)
+
+    cached_train = features.compute(probe, images[:64], normalize)
+    cached_val = features.compute(probe, images[64:], normalize)
+    feat_train, feat_val = loaders((cached_train, labels[:64]), (cached_val, labels[64:]), spec)
+    classifier = probe.get_classifier()
+    train_epoch(classifier, feat_train, lambda x: x, *optimizer(classifier), loss_fn)
+    probe_val = evaluate(classifier, feat_val, lambda x: x, loss_fn)
+
+    assert torch.allclose(full.fc.weight, probe.fc.weight, atol=1e-5)
+    assert probe_val == pytest.approx(full_val, abs=1e-5)
+
+
+def test_cache_computes_once_per_key() -> None:
+    cache = features.FeatureCache()
+    value = torch.ones(2, 4)
+    cache.put(("train", 5, 0.1), value)
+    cache.put(("train", 5, 0.1), torch.zeros(2, 4))  # a second trial's copy does not replace the first
+    assert torch.equal(cache.get(("train", 5, 0.1)), value)  # type: ignore[arg-type]
+    assert cache.get(("train", 4, 0.1)) is None  # another freeze depth is another key
+
+
+def test_forward_flops_of_the_frozen_part() -> None:
+    model = _frozen("test_resnet")
+    normalize = normalizer(SPEC, torch.device("cpu"))
+    x = normalize(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
+    _, forward = models.train_flops_per_sample(model, SPEC, nn.CrossEntropyLoss())
+    assert features.forward_flops_per_image(model, x) == pytest.approx(forward, rel=0.01)
