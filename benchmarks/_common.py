@@ -23,8 +23,8 @@ SEED = 0
 # One grey channel, fixed normalisation: the benchmarks measure cost, not accuracy.
 SPEC = InputSpec(in_chans=1, size=SIZE, mean=(0.5,), std=(0.25,))
 SHARED_NOTE = (
-    "machine shared with a concurrent Ray search during measurement; variants interleaved so the load hits "
-    "all of them alike, absolute numbers are low and noisy, ratios are the result"
+    f"load average at start {', '.join(f'{v:.1f}' for v in os.getloadavg())} (the machine may be shared with "
+    "other processes); variants interleaved so any load hits all of them alike, ratios are the result"
 )
 
 

@@ -50,6 +50,8 @@ def _bad_inputs(tmp_path: Path, image_folder: Path, weights: Path) -> dict[str, 
         for f in list((image_folder / "class0").iterdir())[:3]:
             (broken / c / f.name).write_bytes(f.read_bytes())
     (broken / "b" / "x.png").write_bytes(b"garbage")
+    corrupt = tmp_path / "table.parquet"
+    corrupt.write_bytes(b"PAR1 not really parquet")
     return {
         "unknown model": (["--model", "resnet10x"], "unknown timm model 'resnet10x'"),
         "freeze depth": (["--freeze-depth", "9"], "valid depths are 0..5"),
@@ -65,12 +67,24 @@ def _bad_inputs(tmp_path: Path, image_folder: Path, weights: Path) -> dict[str, 
         "other architecture": (["--weights", str(weights)], "do not fit 'test_resnet'"),
         "missing weights offline": (["--init", "pretrained"], "pass --weights FILE"),
         "missing weights file": (["--weights", str(tmp_path / "nope.pt")], "does not exist"),
+        "lr not positive": (["--backbone-lr", "0:0.1"], "learning rates must be > 0"),
+        "corrupt parquet": (["--dataset", str(corrupt)], "cannot be read"),
+        "unreachable address": (["--address", f"127.0.0.1:{_free_port()}"], "cannot reach Ray at 127.0.0.1:"),
+        "address without port": (["--address", "somewhere"], "has no port"),
     }
 
 
-CASES = ["unknown model", "freeze depth", "fraction zero", "fraction above one", "lr inverted", "trials", "grace",
-         "name", "one class", "empty", "unreadable", "other architecture", "missing weights offline",
-         "missing weights file"]
+CASES = ["unknown model", "freeze depth", "fraction zero", "fraction above one", "lr inverted", "lr not positive",
+         "trials", "grace", "name", "one class", "empty", "unreadable", "corrupt parquet", "other architecture",
+         "missing weights offline", "missing weights file", "unreachable address", "address without port"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -88,6 +102,14 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
     assert len(lines) == 1, result.output
     assert message in lines[0]
     assert not results.exists() or not any(results.iterdir())
+
+
+def test_config_file_with_a_wrong_type(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('max_epochs = "ten"\n')
+    result = CliRunner().invoke(cli, ["run", "--config", str(path)], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert "max_epochs: expected a number, got 'ten'" in result.output
 
 
 def test_config_file_with_unknown_key(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from timm.layers import freeze_batch_norm_2d
 from timm.models import group_parameters
 from torch import nn
 
+from tlsearch._io import replacing
 from tlsearch.errors import ModelError, WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -276,12 +276,10 @@ def save(model: nn.Module, path: str | Path, sidecar: Mapping[str, Any]) -> Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_safetensors(state, str(tmp))
-    os.replace(tmp, path)
-    meta_tmp = sidecar_path(path).with_name(f".{sidecar_path(path).name}.tmp")
-    meta_tmp.write_text(json.dumps(dict(sidecar), indent=2, sort_keys=True) + "\n")
-    os.replace(meta_tmp, sidecar_path(path))
+    with replacing(path) as tmp:
+        save_safetensors(state, str(tmp))
+    with replacing(sidecar_path(path)) as tmp:
+        tmp.write_text(json.dumps(dict(sidecar), indent=2, sort_keys=True) + "\n")
     return path
 
 

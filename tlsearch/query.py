@@ -21,9 +21,7 @@ import datetime as dt
 import io
 import json
 import operator
-import os
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from tlsearch import results
+from tlsearch._io import replacing
 from tlsearch.errors import TLSearchError
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -446,13 +445,9 @@ def write_output(data: pa.Table, fmt: str, out: str | Path | None) -> str | None
     if out is None:
         return text
     path = Path(out)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            tmp.write_text(text)
     except OSError as exc:
         raise QueryError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from tlsearch._io import replacing
 from tlsearch.errors import ResultsError
 
 TABLES = ("experiments", "trials", "epochs")
@@ -121,21 +121,17 @@ def write_atomic(table: pa.Table, path: str | Path) -> Path:
     A temporary file in the same folder is written, flushed to disk, read back and checked, then renamed.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with pa.OSFile(str(tmp), "wb") as sink:
-            pq.write_table(table, sink)
-        with builtins.open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        written = pq.read_metadata(tmp)
-        if written.num_rows != table.num_rows or pq.read_schema(tmp).names != table.schema.names:
-            raise ResultsError(f"{path}: the written file does not read back as written")
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink:
+                pq.write_table(table, sink)
+            with builtins.open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            written = pq.read_metadata(tmp)
+            if written.num_rows != table.num_rows or pq.read_schema(tmp).names != table.schema.names:
+                raise ResultsError(f"{path}: the written file does not read back as written")
     except OSError as exc:
         raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -83,6 +83,9 @@ def prepare(config: SearchConfig) -> Plan:
     folder = Path(config.results_dir).expanduser().resolve() / name
     if not cluster.is_remote(config.results_dir):
         _check_writable(Path(config.results_dir).expanduser().resolve())
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address and address != "auto":
+        _check_reachable(address)
     models.check_model_name(config.model)
     probe = models.create(config.model, num_classes=2)
     groups = models.num_groups(probe)
@@ -138,6 +141,19 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, log_to_dr
             )
     except (ConnectionError, TimeoutError, ValueError) as exc:
         raise TLSearchError(f"cannot reach Ray at {address or 'a new local instance'}: {exc}") from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not after Ray's minutes of retries, when nothing listens at ``address``."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit():
+        raise TLSearchError(f"Ray address {address!r} has no port; expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise TLSearchError(f"cannot reach Ray at {address}: {exc.strerror or exc}") from None
 
 
 def _is_loopback_address(address: str) -> bool:
