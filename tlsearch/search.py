@@ -41,7 +41,6 @@ class Plan:
 
     config: SearchConfig
     name: str
-    folder: Path
     num_groups: int
     num_classes: int
     input_spec: InputSpec
@@ -80,7 +79,6 @@ def default_name() -> str:
 def prepare(config: SearchConfig) -> Plan:
     """Check the config against the model, weights and data; raise TLSearchError before anything is written."""
     name = config.name or default_name()
-    folder = Path(config.results_dir).expanduser().resolve() / name
     if not cluster.is_remote(config.results_dir):
         _check_writable(Path(config.results_dir).expanduser().resolve())
     address = config.address or os.environ.get("RAY_ADDRESS")
@@ -103,7 +101,7 @@ def prepare(config: SearchConfig) -> Plan:
     if len(np.unique(dataset.labels[pool])) < 2 or len(val) == 0:
         raise ConfigError(f"dataset {config.dataset} is too small to hold out a validation split ({len(dataset)})")
     return Plan(
-        config=replace(config, name=name, space=space), name=name, folder=folder, num_groups=groups,
+        config=replace(config, name=name, space=space), name=name, num_groups=groups,
         num_classes=len(dataset.classes), input_spec=spec, source=source, images=images, labels=labels,
         pool=pool, val=val,
     )
