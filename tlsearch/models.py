@@ -292,12 +292,13 @@ def train_flops_per_sample(model: nn.Module, spec: InputSpec, loss_fn: nn.Module
     from torch.utils.flop_counter import FlopCounterMode
 
     batch = 2
-    x = torch.randn(batch, spec.in_chans, spec.size, spec.size)
+    device = next(model.parameters()).device
+    x = torch.randn(batch, spec.in_chans, spec.size, spec.size, device=device)
     model = copy.deepcopy(model).train()  # a copy: the probe step must not move BatchNorm statistics
     with FlopCounterMode(display=False) as counter:
         out = model(x)
         forward = counter.get_total_flops()
-        loss = loss_fn(out, torch.zeros(batch, dtype=torch.long))
+        loss = loss_fn(out, torch.zeros(batch, dtype=torch.long, device=device))
         if loss.requires_grad:
             loss.backward()
     total = counter.get_total_flops()

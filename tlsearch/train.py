@@ -202,6 +202,12 @@ class Cost:
     samples_seen: int = 0
     train_flops: float = 0.0
 
+    def add(self, seconds: float, devices: float, samples: int, flops_per_sample: float) -> None:
+        self.wall_s += seconds
+        self.device_s += seconds * devices
+        self.samples_seen += samples
+        self.train_flops += flops_per_sample * samples
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function: build, (resume), train, evaluate and report every epoch."""
@@ -219,58 +225,75 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     payload: Payload = ray.get(config["payload"][0])
 
     model, plan = build_model(spec, hp, payload.source)
-    loss_fn = nn.CrossEntropyLoss()
     device = ray.train.torch.get_device()
-    normalize = normalizer(spec.input_spec, device)
-    train_idx, val_idx = subset(payload, hp)
-    train_y, val_y = payload.labels[train_idx], payload.labels[val_idx]
-    cached = _classifier_features(config.get("feature_cache"), model.to(device), hp, payload, train_idx, val_idx,
-                                  normalize) if spec.feature_cache else None
-    if cached is None:
-        net: nn.Module = model
-        flops_per_sample, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
-        train_loader, val_loader = loaders((payload.images[train_idx], train_y), (payload.images[val_idx], val_y), spec)
-        one_off_flops, cache_status = 0.0, "off"
-    else:  # a linear probe: the classifier alone trains, on features the frozen part computed once
-        net, normalize = model.get_classifier(), _identity  # type: ignore[operator]
-        flops_per_sample = _classifier_flops(net, cached.train[:2], loss_fn)
-        train_loader, val_loader = loaders((cached.train, train_y), (cached.val, val_y), spec)
-        one_off_flops = cached.forward_flops_per_image * cached.computed_images
-        cache_status = "miss" if cached.computed_images else "hit"
-    steps = spec.max_epochs * max(1, len(train_loader) // world)
+    inputs = trial_inputs(model.to(device), hp, spec, payload, normalizer(spec.input_spec, device),
+                          config.get("feature_cache"))
+    steps = spec.max_epochs * max(1, len(inputs.train) // world)
     optimizer, scheduler = make_optimizer(model, plan, hp, spec.weight_decay, steps)
-    cost, first_epoch = Cost(train_flops=one_off_flops), 1
+    cost, first_epoch = Cost(train_flops=inputs.one_off_flops), 1
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             cost, first_epoch = _restore(folder, model, optimizer, scheduler)
 
-    full_model, net = model, ray.train.torch.prepare_model(net)
-    train_loader = ray.train.torch.prepare_data_loader(train_loader)
-    val_loader = ray.train.torch.prepare_data_loader(val_loader)
+    net = ray.train.torch.prepare_model(inputs.net)
+    train_loader = ray.train.torch.prepare_data_loader(inputs.train)
+    val_loader = ray.train.torch.prepare_data_loader(inputs.val)
     precision = Precision(spec.precision, device.type)
-    scaler = precision.scaler()
+    scaler, loss_fn = precision.scaler(), nn.CrossEntropyLoss()
     static = {
-        "train_size": len(train_idx), "num_groups": plan.num_groups, "flops_per_sample": flops_per_sample,
+        "train_size": inputs.train_size, "num_groups": plan.num_groups, "flops_per_sample": inputs.flops_per_sample,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "node_id": ray.get_runtime_context().get_node_id(), "feature_cache": cache_status,
+        "node_id": ray.get_runtime_context().get_node_id(), "feature_cache": inputs.cache_status,
     }
-    devices = world * spec.devices_per_worker
     for epoch in range(first_epoch, spec.max_epochs + 1):
         if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         inject_fault(epoch)
-        train_loss, seen = train_epoch(net, train_loader, normalize, optimizer, scheduler, loss_fn, precision, scaler)
-        val_loss, val_acc = evaluate(net, val_loader, normalize, loss_fn, precision)
+        train_loss, seen = train_epoch(net, train_loader, inputs.normalize, optimizer, scheduler, loss_fn, precision,
+                                       scaler)
+        val_loss, val_acc = evaluate(net, val_loader, inputs.normalize, loss_fn, precision)
         now = time.perf_counter()
-        cost.wall_s += now - started
-        cost.device_s += (now - started) * devices
-        cost.samples_seen += seen * world
-        cost.train_flops += flops_per_sample * seen * world
+        cost.add(now - started, world * spec.devices_per_worker, seen * world, inputs.flops_per_sample)
         started = now
         metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss,
                    **asdict(cost), **static}
-        _report(metrics, full_model, optimizer, scheduler, cost, epoch, context.get_world_rank())
+        _report(metrics, model, optimizer, scheduler, cost, epoch, context.get_world_rank())
+
+
+@dataclass(frozen=True)
+class TrialInputs:
+    """What a trial trains (the model, or its classifier alone on cached features) and on what."""
+
+    net: nn.Module
+    normalize: Any
+    train: DataLoader
+    val: DataLoader
+    train_size: int
+    flops_per_sample: float
+    one_off_flops: float
+    cache_status: str  # off | miss | hit
+
+
+def trial_inputs(
+    model: nn.Module, hp: Hyper, spec: TrialSpec, payload: Payload, normalize: Any, cache: Any
+) -> TrialInputs:
+    """The whole model on images; or, for a linear probe, its classifier on frozen features computed once."""
+    train_idx, val_idx = subset(payload, hp)
+    train_y, val_y = payload.labels[train_idx], payload.labels[val_idx]
+    loss_fn = nn.CrossEntropyLoss()
+    cached = _classifier_features(cache, model, hp, payload, train_idx, val_idx, normalize) if (
+        spec.feature_cache) else None
+    if cached is None:
+        flops, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
+        train, val = loaders((payload.images[train_idx], train_y), (payload.images[val_idx], val_y), spec)
+        return TrialInputs(model, normalize, train, val, len(train_idx), flops, 0.0, "off")
+    classifier: nn.Module = model.get_classifier()  # type: ignore[operator]
+    train, val = loaders((cached.train, train_y), (cached.val, val_y), spec)
+    return TrialInputs(
+        classifier, _identity, train, val, len(train_idx), _classifier_flops(classifier, cached.train[:2], loss_fn),
+        cached.forward_flops_per_image * cached.computed_images, "miss" if cached.computed_images else "hit",
+    )
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -294,8 +317,10 @@ def _classifier_features(
 def _classifier_flops(classifier: nn.Module, example: torch.Tensor, loss_fn: nn.Module) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
+    device = next(classifier.parameters()).device
+    example = example.to(device)
     with FlopCounterMode(display=False) as counter:
-        loss = loss_fn(classifier(example), torch.zeros(len(example), dtype=torch.long))
+        loss = loss_fn(classifier(example), torch.zeros(len(example), dtype=torch.long, device=device))
         loss.backward()
     classifier.zero_grad(set_to_none=True)
     return counter.get_total_flops() / len(example)
