@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
+export PYTHONFAULTHANDLER=1  # a crash in native code still prints every thread's Python stack
 .venv/bin/ruff check tlsearch tests benchmarks
 .venv/bin/mypy tlsearch
 .venv/bin/pytest -q "$@"

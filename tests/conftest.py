@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,36 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download; missing weights must fail fast
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+_SESSION = pytest.StashKey[pytest.Session]()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    session.config.stash[_SESSION] = session
+    if "ray" in sys.modules:  # disconnect while the interpreter is whole, should a test have left Ray connected
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Exit with pytest's status without interpreter finalization once Ray has been used in this process.
+
+    CI once saw every test pass and then the process die with SIGSEGV (exit 139) during finalization, after the
+    summary line: native threads of Ray's core worker and torch torn down in an undefined order (Ray reports the
+    same after-the-test segfault, ray-project/ray#34508). Nothing is left to run at this point: the summary is
+    printed and every fixture finalized, so leaving here keeps the status and drops only that race. Set
+    ``TLSEARCH_TESTS_FINALIZE=1`` to finalize normally (to debug it).
+    """
+    session = config.stash.get(_SESSION, None)
+    if session is None or "ray" not in sys.modules or os.environ.get("TLSEARCH_TESTS_FINALIZE") == "1":
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(session.exitstatus))
 
 
 @pytest.fixture(scope="module")
