@@ -29,10 +29,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Exit with pytest's status without interpreter finalization once Ray has been used in this process.
 
     CI once saw every test pass and then the process die with SIGSEGV (exit 139) during finalization, after the
-    summary line: native threads of Ray's core worker and torch torn down in an undefined order (Ray reports the
-    same after-the-test segfault, ray-project/ray#34508). Nothing is left to run at this point: the summary is
-    printed and every fixture finalized, so leaving here keeps the status and drops only that race. Set
-    ``TLSEARCH_TESTS_FINALIZE=1`` to finalize normally (to debug it).
+    summary line. It did not recur in later runs, so the faulting thread is unknown; the suspects are the native
+    threads of Ray's core worker and torch's pools, torn down in no set order (Ray reports the same
+    after-the-test segfault in ray-project/ray#34508). Nothing is left to run here: the summary is printed and
+    every fixture finalized, so leaving now keeps pytest's status and skips only that teardown. Set
+    ``TLSEARCH_TESTS_FINALIZE=1`` to finalize normally (to debug it, with ``PYTHONFAULTHANDLER=1``).
     """
     session = config.stash.get(_SESSION, None)
     if session is None or "ray" not in sys.modules or os.environ.get("TLSEARCH_TESTS_FINALIZE") == "1":

@@ -72,3 +72,48 @@ def test_a_hung_trial_is_ended_by_its_deadline(tmp_path: Path, faults: Path) -> 
     assert [t["status"] for t in trials] == ["timeout"]
     assert "deadline of 45 s" in trials[0]["error"]
     assert [e["epoch"] for e in epochs] == [1]
+
+
+def test_a_run_restored_from_its_final_checkpoint_reports_that_epoch_again(tmp_path: Path, ray_2_cpus: None) -> None:
+    """A resumed search re-runs a trial whose driver died after the final checkpoint but before Tune logged it:
+    the Train run restores from that checkpoint and must report the final epoch again, or Tune gets no result.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.callback import UserCallback
+
+    from tlsearch.search import prepare
+    from tlsearch.train import Payload, TrialSpec, train_loop_per_worker
+
+    config = build_config(None, dataset="digits-split", model="test_resnet", init="scratch", image_size=16,
+                          max_epochs=2, results_dir=str(tmp_path / "results"))
+    plan = prepare(config)
+    spec = TrialSpec(model=config.model, num_classes=plan.num_classes, input_spec=plan.input_spec, max_epochs=2,
+                     batch_size=64, eval_batch_size=256, weight_decay=0.01, seed=0, threads=1, devices_per_worker=1)
+    payload = [ray.put(Payload(plan.images, plan.labels, plan.pool, plan.val, None, 0))]
+    hp = {"init": "scratch", "freeze_depth": 0, "head_lr": 1e-3, "backbone_lr": 1e-3, "data_fraction": 0.5}
+
+    class ReportsToFile(UserCallback):  # defined here so Ray pickles it by value for the Train controller
+        """Appends every report's epoch to a file: what TuneReportCallback hands to Tune."""
+
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def after_report(self, run_context: object, metrics: list[dict], checkpoint: object) -> None:
+            with self.path.open("a") as fh:
+                fh.write(f"{metrics[0]['epoch']}\n")
+
+    def fit(log: Path) -> list[int]:
+        TorchTrainer(
+            train_loop_per_worker, train_loop_config={"spec": spec, "hp": hp, "payload": payload},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(name="final", storage_path=str(tmp_path / "train"),
+                                           callbacks=[ReportsToFile(log)]),
+        ).fit()
+        return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+    assert fit(tmp_path / "first.log") == [1, 2]
+    # Same name and storage, as a restored trial refits: it restores from the epoch-2 checkpoint, nothing is
+    # left to train, and epoch 2 reaches the callbacks again.
+    assert fit(tmp_path / "again.log") == [2]

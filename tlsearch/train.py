@@ -230,11 +230,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                           config.get("feature_cache"))
     steps = spec.max_epochs * max(1, len(inputs.train) // world)
     optimizer, scheduler = make_optimizer(model, plan, hp, spec.weight_decay, steps)
-    cost, first_epoch = Cost(train_flops=inputs.one_off_flops), 1
+    cost, first_epoch, last_metrics = Cost(train_flops=inputs.one_off_flops), 1, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            cost, first_epoch = _restore(folder, model, optimizer, scheduler)
+            cost, first_epoch, last_metrics = _restore(folder, model, optimizer, scheduler)
+    if first_epoch > spec.max_epochs and last_metrics is not None:
+        # Restored from the final epoch's checkpoint: the driver may have died before Tune recorded that
+        # epoch, so say it again; otherwise the trial would end with no result at all.
+        ray.train.report(last_metrics)
+        return
 
     net = ray.train.torch.prepare_model(inputs.net)
     train_loader = ray.train.torch.prepare_data_loader(inputs.train)
@@ -258,7 +263,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = now
         metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss,
                    **asdict(cost), **static}
-        _report(metrics, model, optimizer, scheduler, cost, epoch, context.get_world_rank())
+        _report(metrics, model, optimizer, scheduler, cost, context.get_world_rank())
 
 
 @dataclass(frozen=True)
@@ -352,7 +357,7 @@ def inject_fault(epoch: int) -> None:
 
 def _report(
     metrics: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, epoch: int, rank: int,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, rank: int,
 ) -> None:
     import ray.train
 
@@ -360,13 +365,13 @@ def _report(
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        _save(folder, model, optimizer, scheduler, cost, epoch)
+        _save(folder, model, optimizer, scheduler, cost, metrics)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _save(
     folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, epoch: int,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, metrics: dict[str, Any],
 ) -> None:
     inner: nn.Module = getattr(model, "module", model)
     state = {k: v.detach().contiguous().cpu() for k, v in inner.state_dict().items()}
@@ -377,13 +382,14 @@ def _save(
         os.path.join(folder, "train_state.pt"),
     )
     with open(os.path.join(folder, "progress.json"), "w") as fh:
-        json.dump({"epoch": epoch, "cost": asdict(cost)}, fh)
+        json.dump({"epoch": metrics["epoch"], "cost": asdict(cost), "metrics": metrics}, fh, default=float)
 
 
 def _restore(
     folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[Cost, int]:
+) -> tuple[Cost, int, dict[str, Any] | None]:
+    """Load a checkpoint into the model and optimizer: (cost so far, next epoch, the metrics reported with it)."""
     model.load_state_dict(load_safetensors(os.path.join(folder, "model.safetensors")))
     state = torch.load(os.path.join(folder, "train_state.pt"), map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
@@ -391,4 +397,4 @@ def _restore(
     torch.set_rng_state(state["torch_rng"])
     with open(os.path.join(folder, "progress.json")) as fh:
         progress = json.load(fh)
-    return Cost(**progress["cost"]), int(progress["epoch"]) + 1
+    return Cost(**progress["cost"]), int(progress["epoch"]) + 1, progress.get("metrics")
