@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from tlsearch import pretrain, results
 from tlsearch.stopping import recorded_results
+from tlsearch.train import FAULTS_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +36,12 @@ def test_killed_driver_resumes_with_exactly_n_trials(tmp_path: Path) -> None:
     results_dir = tmp_path / "results"
     tune_dir = results_dir / "resume" / "_ray" / "tune"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen(_command(weights, results_dir), env=env, start_new_session=True,
+    # The first run's trials stop at the start of epoch 2, after epoch 1's checkpoint, so the kill finds them
+    # mid-trial and the re-run (without the fault) must continue them from that checkpoint.
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"hang_at_epoch": 2}))
+    first = subprocess.Popen(_command(weights, results_dir), env={**env, FAULTS_ENV: str(faults)},
+                             start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
@@ -63,6 +70,12 @@ def test_killed_driver_resumes_with_exactly_n_trials(tmp_path: Path) -> None:
     keys = [(e["trial_id"], e["epoch"]) for e in epochs]
     assert len(keys) == len(set(keys)), "duplicate epoch rows after the resume"
     assert sum(t["epochs"] for t in trials) == len(epochs)
+    for trial in trials:  # no epoch lost: Tune restarts a resumed trial's result log, the worker repeats it
+        assert sorted(e["epoch"] for e in epochs if e["trial_id"] == trial["trial_id"]) == list(
+            range(1, trial["epochs"] + 1))
+    repeated = {r["trial_id"] for r in recorded_results(str(tune_dir)) if r.get("restored")}
+    assert repeated, "no trial was continued from a checkpoint"
+    assert repeated <= {r["trial_id"] for r in before}
     for trial in trials:  # trials finished before the kill are not re-run
         done_before = [r["epoch"] for r in before if r["trial_id"] == trial["trial_id"]]
         if done_before:

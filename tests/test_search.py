@@ -4,7 +4,7 @@ import pytest
 
 from tlsearch.config import build_config
 from tlsearch.errors import ConfigError
-from tlsearch.search import plan_resources, prepare
+from tlsearch.search import _epochs, plan_resources, prepare
 
 
 def test_concurrency_counts_every_cpu_a_trial_holds() -> None:
@@ -40,3 +40,21 @@ def test_prepare_resolves_space_and_decodes_once(tmp_path) -> None:
     assert plan.images.shape[1:] == (3, 16, 16)
     assert len(plan.pool) + len(plan.val) == len(plan.labels)
     assert not (tmp_path / "r").exists()  # nothing is written before the search starts
+
+
+def test_epoch_rows_keep_one_report_per_epoch_and_a_restored_repeat_only_when_it_is_all_there_is() -> None:
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    frame = pd.DataFrame([
+        {"epoch": 1, "val_acc": 0.5, "checkpoint_path": "ckpt-1"},
+        {"epoch": 2, "val_acc": 0.6, "checkpoint_path": "ckpt-2"},
+        {"epoch": 2, "val_acc": 0.6, "restored": True},  # a restored worker repeating a logged epoch
+        {"epoch": 3, "val_acc": 0.7, "checkpoint_path": "ckpt-3"},
+        {"epoch": 4, "val_acc": 0.8, "restored": True},  # the driver died before Tune logged epoch 4
+    ])
+    rows = _epochs(SimpleNamespace(metrics_dataframe=frame))
+    assert [(r["epoch"], r["checkpoint_path"], r["restored"]) for r in rows] == [
+        (1, "ckpt-1", None), (2, "ckpt-2", None), (3, "ckpt-3", None), (4, None, True)]
+    assert _epochs(SimpleNamespace(metrics_dataframe=pd.DataFrame())) == []

@@ -427,12 +427,20 @@ def _trial_id(result: Any) -> str:
 
 
 def _epochs(result: Any) -> list[dict[str, Any]]:
-    """A trial's per-epoch reports as persisted by Tune; after a worker restart the last report of an epoch wins."""
+    """A trial's per-epoch reports as persisted by Tune, one per epoch.
+
+    A restored worker reports its checkpoint's epoch again (flagged ``restored``): that row stands only when Tune
+    had not logged the original. Otherwise the last report of an epoch wins.
+    """
     frame = result.metrics_dataframe
     if frame is None or "epoch" not in frame:
         return []
-    rows = frame.dropna(subset=["epoch"]).to_dict("records")
-    by_epoch = {int(r["epoch"]): {k: (None if v != v else v) for k, v in r.items()} for r in rows}  # NaN -> None
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for record in frame.dropna(subset=["epoch"]).to_dict("records"):
+        row = {k: (None if v != v else v) for k, v in record.items()}  # NaN -> None
+        epoch = int(record["epoch"])
+        if not (row.get("restored") and epoch in by_epoch):
+            by_epoch[epoch] = row
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 

@@ -230,15 +230,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                           config.get("feature_cache"))
     steps = spec.max_epochs * max(1, len(inputs.train) // world)
     optimizer, scheduler = make_optimizer(model, plan, hp, spec.weight_decay, steps)
-    cost, first_epoch, last_metrics = Cost(train_flops=inputs.one_off_flops), 1, None
+    cost, first_epoch = Cost(train_flops=inputs.one_off_flops), 1
+    history: list[dict[str, Any]] = []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            cost, first_epoch, last_metrics = _restore(folder, model, optimizer, scheduler)
-    if first_epoch > spec.max_epochs and last_metrics is not None:
-        # Restored from the final epoch's checkpoint: the driver may have died before Tune recorded that
-        # epoch, so say it again; otherwise the trial would end with no result at all.
-        ray.train.report(last_metrics)
+            cost, first_epoch, history = _restore(folder, model, optimizer, scheduler)
+    # A trial restarted by a resumed search gets a fresh result log from Tune (Tune holds no checkpoint of a
+    # function trainable, so it restores none of its logs), and Tune may not have logged the last epoch before
+    # the driver died: say every checkpointed epoch again, flagged, so the tables keep one row per epoch.
+    for past in history:
+        ray.train.report({**past, "restored": True})
+    if first_epoch > spec.max_epochs:
         return
 
     net = ray.train.torch.prepare_model(inputs.net)
@@ -263,7 +266,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = now
         metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss,
                    **asdict(cost), **static}
-        _report(metrics, model, optimizer, scheduler, cost, context.get_world_rank())
+        history.append(metrics)
+        _report(history, model, optimizer, scheduler, cost, context.get_world_rank())
 
 
 @dataclass(frozen=True)
@@ -356,23 +360,25 @@ def inject_fault(epoch: int) -> None:
 
 
 def _report(
-    metrics: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+    history: list[dict[str, Any]], model: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, rank: int,
 ) -> None:
+    """Report the newest epoch of ``history``; rank 0 attaches the checkpoint."""
     import ray.train
 
     if rank != 0:
-        ray.train.report(metrics)
+        ray.train.report(history[-1])
         return
     with tempfile.TemporaryDirectory() as folder:
-        _save(folder, model, optimizer, scheduler, cost, metrics)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        _save(folder, model, optimizer, scheduler, cost, history)
+        ray.train.report(history[-1], checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _save(
     folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, metrics: dict[str, Any],
+    scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, history: list[dict[str, Any]],
 ) -> None:
+    """Model (safetensors), optimizer, scheduler and RNG state, and the metrics of every epoch so far."""
     inner: nn.Module = getattr(model, "module", model)
     state = {k: v.detach().contiguous().cpu() for k, v in inner.state_dict().items()}
     save_safetensors(state, os.path.join(folder, "model.safetensors"))
@@ -382,14 +388,14 @@ def _save(
         os.path.join(folder, "train_state.pt"),
     )
     with open(os.path.join(folder, "progress.json"), "w") as fh:
-        json.dump({"epoch": metrics["epoch"], "cost": asdict(cost), "metrics": metrics}, fh, default=float)
+        json.dump({"epoch": history[-1]["epoch"], "cost": asdict(cost), "history": history}, fh, default=float)
 
 
 def _restore(
     folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[Cost, int, dict[str, Any] | None]:
-    """Load a checkpoint into the model and optimizer: (cost so far, next epoch, the metrics reported with it)."""
+) -> tuple[Cost, int, list[dict[str, Any]]]:
+    """Load a checkpoint into the model and optimizer: (cost so far, next epoch, every epoch's metrics so far)."""
     model.load_state_dict(load_safetensors(os.path.join(folder, "model.safetensors")))
     state = torch.load(os.path.join(folder, "train_state.pt"), map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
@@ -397,4 +403,4 @@ def _restore(
     torch.set_rng_state(state["torch_rng"])
     with open(os.path.join(folder, "progress.json")) as fh:
         progress = json.load(fh)
-    return Cost(**progress["cost"]), int(progress["epoch"]) + 1, progress.get("metrics")
+    return Cost(**progress["cost"]), int(progress["epoch"]) + 1, list(progress.get("history", []))
