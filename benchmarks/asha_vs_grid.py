@@ -12,7 +12,8 @@ default values). Two phases:
 2. **ASHA+TPE, replayed on the measured curves.** For each of ``--seeds`` seeds, Optuna's ``TPESampler`` asks
    ``--trials`` configurations through tlsearch's own define-by-run space (``space.DefineByRun``: arms
    alternate, scratch means freeze depth 0); each trial's curve is cut where ASHA (``replay.replay``: Ray's
-   rule, a trial below the (1 - 1/reduction) quantile of its rung stops there) would stop it, and the trial is
+   rule, a trial below the (1 - 1/reduction) quantile of its rung stops there) would stop it, its epochs are
+   reported to Optuna as intermediate values (as Ray's ``OptunaSearch.on_trial_result`` does), and the trial is
    told to Optuna as PRUNED or COMPLETE the way ``stopping.PruningOptunaSearch`` tells it. The same with
    ``RandomSampler`` shows what TPE adds. This is the tabulated-benchmark method of Syne Tune's blackbox
    simulator: a replay spends exactly the compute the curves record, so no Ray start-up is in either side.
@@ -200,6 +201,9 @@ def simulate(curves: dict[tuple, Curve], grid: dict[str, tuple[Any, ...]], sampl
         config = {**define(trial), **trial.params}
         ran.append(curves[key(config)])
         outcome = replay(ran, grace, reduction, max_epochs).trials[-1]
+        for epoch, acc in zip(ran[-1].epochs, ran[-1].val_acc, strict=True):  # as OptunaSearch.on_trial_result
+            if epoch <= outcome.stop_epoch and acc is not None:
+                trial.report(acc, epoch)
         if outcome.stop_epoch < max_epochs:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
