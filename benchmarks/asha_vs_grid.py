@@ -94,6 +94,8 @@ class Setup:
 
 
 _WORKER: dict[str, Any] = {}
+ONE_CPU = search.Resources(num_workers=1, use_gpu=False, cpus_per_worker=1.0, gpus_per_worker=0.0, threads=1,
+                           concurrency=1)
 
 
 def _init_worker(setup: Setup) -> None:
@@ -102,13 +104,8 @@ def _init_worker(setup: Setup) -> None:
     config = SearchConfig(dataset=DATASET, model=MODEL, weights=setup.weights, image_size=SIZE,
                           max_epochs=setup.max_epochs, seed=SEED, results_dir=str(HERE.parent / "results"))
     plan = search.prepare(config)
-    cfg = plan.config
-    _WORKER["payload"] = Payload(plan.images, plan.labels, plan.pool, plan.val, plan.source, cfg.seed)
-    _WORKER["spec"] = TrialSpec(
-        model=cfg.model, num_classes=plan.num_classes, input_spec=plan.input_spec, max_epochs=cfg.max_epochs,
-        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, weight_decay=cfg.weight_decay,
-        seed=cfg.seed, threads=1, devices_per_worker=1.0,
-    )
+    _WORKER["payload"] = plan.payload()
+    _WORKER["spec"] = plan.trial_spec(ONE_CPU)
 
 
 def train_configuration(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -83,15 +83,15 @@ def test_a_run_restored_from_its_final_checkpoint_reports_its_epochs_again(tmp_p
     from ray.train.torch import TorchTrainer
     from ray.train.v2.api.callback import UserCallback
 
-    from tlsearch.search import prepare
-    from tlsearch.train import Payload, TrialSpec, train_loop_per_worker
+    from tlsearch.search import Resources, prepare
+    from tlsearch.train import train_loop_per_worker
 
     config = build_config(None, dataset="digits-split", model="test_resnet", init="scratch", image_size=16,
                           max_epochs=2, results_dir=str(tmp_path / "results"))
     plan = prepare(config)
-    spec = TrialSpec(model=config.model, num_classes=plan.num_classes, input_spec=plan.input_spec, max_epochs=2,
-                     batch_size=64, eval_batch_size=256, weight_decay=0.01, seed=0, threads=1, devices_per_worker=1)
-    payload = [ray.put(Payload(plan.images, plan.labels, plan.pool, plan.val, None, 0))]
+    spec = plan.trial_spec(Resources(num_workers=1, use_gpu=False, cpus_per_worker=1.0, gpus_per_worker=0.0,
+                                     threads=1, concurrency=1))
+    payload = [ray.put(plan.payload())]
     hp = {"init": "scratch", "freeze_depth": 0, "head_lr": 1e-3, "backbone_lr": 1e-3, "data_fraction": 0.5}
 
     class ReportsToFile(UserCallback):  # defined here so Ray pickles it by value for the Train controller

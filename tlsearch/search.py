@@ -50,6 +50,20 @@ class Plan:
     pool: np.ndarray
     val: np.ndarray
 
+    def payload(self) -> Payload:
+        """The decoded data and source weights every trial shares (put once in the object store)."""
+        return Payload(self.images, self.labels, self.pool, self.val, self.source, self.config.seed)
+
+    def trial_spec(self, resources: Resources) -> TrialSpec:
+        """What every trial's workers need besides the searcher's choices."""
+        cfg = self.config
+        return TrialSpec(
+            model=cfg.model, num_classes=self.num_classes, input_spec=self.input_spec, max_epochs=cfg.max_epochs,
+            batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, weight_decay=cfg.weight_decay,
+            seed=cfg.seed, threads=resources.threads, precision=cfg.precision, feature_cache=cfg.feature_cache,
+            devices_per_worker=resources.gpus_per_worker if resources.use_gpu else resources.cpus_per_worker,
+        )
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -327,14 +341,9 @@ def run_search(
         discard(folder, echo)
     if not resuming:
         _write_text(f"{storage}/search.json", json.dumps(cfg.to_dict(), default=str, indent=2))
-    payload_ref = [ray.put(Payload(plan.images, plan.labels, plan.pool, plan.val, plan.source, cfg.seed))]
+    payload_ref = [ray.put(plan.payload())]
     feature_cache = ray.remote(num_cpus=0)(FeatureCache).remote() if cfg.feature_cache else None
-    spec = TrialSpec(
-        model=cfg.model, num_classes=plan.num_classes, input_spec=plan.input_spec, max_epochs=cfg.max_epochs,
-        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, weight_decay=cfg.weight_decay,
-        seed=cfg.seed, threads=resources.threads, precision=cfg.precision, feature_cache=cfg.feature_cache,
-        devices_per_worker=resources.gpus_per_worker if resources.use_gpu else resources.cpus_per_worker,
-    )
+    spec = plan.trial_spec(resources)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, payload=payload_ref, resources=resources, storage=storage,
                              deadline_s=cfg.trial_timeout_s, feature_cache=feature_cache),
