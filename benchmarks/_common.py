@@ -8,6 +8,7 @@ import platform
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,9 +90,18 @@ def append_result(benchmark: str, numbers: str, verdict: str, quick: bool) -> No
             "| date (UTC) | benchmark | machine | versions | numbers | verdict |\n"
             "|---|---|---|---|---|---|\n"
         )
-    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
     name = benchmark + (" --quick" if quick else "")
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     row = [date, name, f"{machine()}; shared (load avg {load})", versions(), numbers, verdict]
     with RESULTS.open("a") as fh:
         fh.write("| " + " | ".join(c.replace("|", "/") for c in row) + " |\n")
+
+
+def trial_train_loader(payload: Any, hp: Any, spec: Any) -> Any:
+    """The training loader a trial builds (``train.subset`` + ``train.loaders``), over the trial's images."""
+    from tlsearch import train
+
+    train_idx, val_idx = train.subset(payload, hp)
+    return train.loaders((payload.images[train_idx], payload.labels[train_idx]),
+                         (payload.images[val_idx], payload.labels[val_idx]), spec)[0]

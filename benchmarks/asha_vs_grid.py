@@ -47,7 +47,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from _common import HERE, MODEL, SEED, append_result, machine, table, versions
-from torch import nn
 
 from tlsearch import search, train
 from tlsearch.config import Param, SearchConfig, SpaceConfig
@@ -120,14 +119,14 @@ def train_configuration(config: dict[str, Any]) -> list[dict[str, Any]]:
                                 None)
     steps = spec.max_epochs * max(1, len(inputs.train))
     optimizer, scheduler = train.make_optimizer(model, plan, hp, spec.weight_decay, steps)
-    cost, loss_fn, rows = Cost(train_flops=inputs.one_off_flops), nn.CrossEntropyLoss(), []
-    for epoch in range(1, spec.max_epochs + 1):
-        _, seen = train.train_epoch(inputs.net, inputs.train, inputs.normalize, optimizer, scheduler, loss_fn)
-        _, val_acc = train.evaluate(inputs.net, inputs.val, inputs.normalize, loss_fn)
-        now = time.perf_counter()
-        cost.add(now - started, spec.devices_per_worker, seen, inputs.flops_per_sample)
-        started = now
-        rows.append({**config, "epoch": epoch, "val_acc": val_acc, "device_s": cost.device_s,
+    # No cache is shared here: each grid point pays its own frozen-feature pass, counted as its set-up.
+    cost = Cost(train_flops=sum(p.flops for p in inputs.passes))
+    cost.add(time.perf_counter() - started, spec.devices_per_worker, 0, 0.0)
+    rows = []
+    stepper = train.Stepper(inputs.net, inputs.normalize, optimizer, scheduler)
+    for result in train.fit(stepper, inputs.train, inputs.val, range(1, spec.max_epochs + 1)):
+        cost.add(result.seconds, spec.devices_per_worker, result.samples, inputs.flops_per_sample)
+        rows.append({**config, "epoch": result.epoch, "val_acc": result.val_acc, "device_s": cost.device_s,
                      "train_flops": cost.train_flops, "feature_cache": inputs.cache_status})
     return rows
 

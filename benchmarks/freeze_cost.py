@@ -27,7 +27,19 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
-from _common import MODEL, SEED, SHARED_NOTE, SPEC, append_result, machine, median, table, target_data, versions
+from _common import (
+    MODEL,
+    SEED,
+    SHARED_NOTE,
+    SPEC,
+    append_result,
+    machine,
+    median,
+    table,
+    target_data,
+    trial_train_loader,
+    versions,
+)
 from torch import nn
 
 from tlsearch import features, models, train
@@ -36,13 +48,6 @@ from tlsearch.train import Hyper, Payload, TrialSpec
 BATCH = 64
 GOAL = 10.0
 HP = Hyper(init="scratch", freeze_depth=0, head_lr=1e-3, backbone_lr=1e-3, data_fraction=1.0)
-
-
-def _train_loader(payload: Payload, hp: Hyper, spec: TrialSpec) -> tuple:
-    """The loaders a trial builds (train.subset + train.loaders), over the trial's images."""
-    train_idx, val_idx = train.subset(payload, hp)
-    return train.loaders((payload.images[train_idx], payload.labels[train_idx]),
-                         (payload.images[val_idx], payload.labels[val_idx]), spec)
 
 
 def trial_spec() -> TrialSpec:
@@ -66,7 +71,7 @@ def depth_epoch(initial: nn.Module, depth: int, payload: Payload, spec: TrialSpe
     plan = models.apply_freeze(model, depth)
     loss_fn = nn.CrossEntropyLoss()
     flops, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
-    loader, _ = _train_loader(payload, hp, spec)
+    loader = trial_train_loader(payload, hp, spec)
     optimizer, scheduler = train.make_optimizer(model, plan, hp, spec.weight_decay, len(loader))
     normalize = train.normalizer(spec.input_spec, torch.device("cpu"))
 
@@ -107,7 +112,7 @@ def cached_probe(
     head_flops = train._classifier_flops(net, store["train"][:2], loss_fn)
     forward_flops = features.forward_flops_per_image(model, probe_images[:2])
     # Evaluation is not timed (as for every depth row); the validation loader is built over a stand-in.
-    loader, _ = train.loaders((store["train"], train_y), (store["train"][:1], train_y[:1]), spec)
+    loader = train.loaders((store["train"], train_y), (store["train"][:1], train_y[:1]), spec)[0]
     optimizer, scheduler = train.make_optimizer(model, plan, hp, spec.weight_decay, len(loader))
 
     def head_epoch() -> int:

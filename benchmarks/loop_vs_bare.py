@@ -26,7 +26,19 @@ import time
 from collections.abc import Callable
 
 import torch
-from _common import MODEL, SEED, SHARED_NOTE, SPEC, append_result, machine, median, table, target_data, versions
+from _common import (
+    MODEL,
+    SEED,
+    SHARED_NOTE,
+    SPEC,
+    append_result,
+    machine,
+    median,
+    table,
+    target_data,
+    trial_train_loader,
+    versions,
+)
 from torch import nn
 
 from tlsearch import train
@@ -36,13 +48,6 @@ BATCH = 64
 GOAL = 0.9
 HP = Hyper(init="scratch", freeze_depth=0, head_lr=1e-3, backbone_lr=1e-3, data_fraction=1.0)
 Timing = tuple[float, float, int]  # (wall s, process CPU s, images)
-
-
-def _train_loader(payload: Payload, hp: Hyper, spec: TrialSpec) -> tuple:
-    """The loaders a trial builds (train.subset + train.loaders), over the trial's images."""
-    train_idx, val_idx = train.subset(payload, hp)
-    return train.loaders((payload.images[train_idx], payload.labels[train_idx]),
-                         (payload.images[val_idx], payload.labels[val_idx]), spec)
 
 
 def trial_spec() -> TrialSpec:
@@ -62,7 +67,7 @@ def tlsearch_epoch(initial: nn.Module, payload: Payload, spec: TrialSpec) -> Cal
     """A closure running one epoch exactly as ``train_loop_per_worker`` does (minus Ray and evaluation)."""
     model = copy.deepcopy(initial)
     plan = train.models.apply_freeze(model, HP.freeze_depth)
-    train_loader, _ = _train_loader(payload, HP, spec)
+    train_loader = trial_train_loader(payload, HP, spec)
     optimizer, scheduler = train.make_optimizer(model, plan, HP, spec.weight_decay, len(train_loader))
     normalize = train.normalizer(spec.input_spec, torch.device("cpu"))
     loss_fn = nn.CrossEntropyLoss()
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(timed(sides[name]))
 
     # How much of the tlsearch epoch is the DataLoader + normaliser alone (no model), for the diagnosis.
-    train_loader, _ = _train_loader(payload, HP, spec)
+    train_loader = trial_train_loader(payload, HP, spec)
 
     def loader_only() -> int:
         return sum(len(normalize(xb)) for xb, _ in train_loader)

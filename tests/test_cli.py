@@ -52,6 +52,15 @@ def _bad_inputs(tmp_path: Path, image_folder: Path, weights: Path) -> dict[str, 
     (broken / "b" / "x.png").write_bytes(b"garbage")
     corrupt = tmp_path / "table.parquet"
     corrupt.write_bytes(b"PAR1 not really parquet")
+    tiny = tmp_path / "tiny"  # two images a class: one for the test set, one for training, none left for val
+    for c in ("a", "b"):
+        (tiny / c).mkdir(parents=True)
+        for f in list((image_folder / "class0").iterdir())[:2]:
+            (tiny / c / f.name).write_bytes(f.read_bytes())
+    seen = tmp_path / "seen.safetensors"  # pretrained on all of digits: the target digits-split's images too
+    models.save(models.create("test_resnet", num_classes=10), seen,
+                {"model": "test_resnet", "dataset": "digits", "classes": [str(d) for d in range(10)]})
+    nowhere = str(tmp_path / "nothing")
     return {
         "unknown model": (["--model", "resnet10x"], "unknown timm model 'resnet10x'"),
         "freeze depth": (["--freeze-depth", "9"], "valid depths are 0..5"),
@@ -71,12 +80,21 @@ def _bad_inputs(tmp_path: Path, image_folder: Path, weights: Path) -> dict[str, 
         "corrupt parquet": (["--dataset", str(corrupt)], "cannot be read"),
         "unreachable address": (["--address", f"127.0.0.1:{_free_port()}"], "cannot reach Ray at 127.0.0.1:"),
         "address without port": (["--address", "somewhere"], "has no port"),
+        "test size zero": (["--test-size", "0"], "test_size: must be in (0, 1)"),
+        "test size one": (["--test-size", "1"], "test_size: must be in (0, 1)"),
+        "too small for a test set": (["--dataset", str(tiny)], "too small to hold out validation and test"),
+        "source saw the target": (["--weights", str(seen)], "its validation and test images would not be unseen"),
+        "bad dataset before hub weights": (["--dataset", nowhere, "--init", "pretrained"], "neither a built-in"),
+        "bad dataset before weights file": (["--dataset", nowhere, "--weights", str(tmp_path / "nope.pt")],
+                                            "neither a built-in"),
     }
 
 
 CASES = ["unknown model", "freeze depth", "fraction zero", "fraction above one", "lr inverted", "lr not positive",
          "trials", "grace", "name", "one class", "empty", "unreadable", "corrupt parquet", "other architecture",
-         "missing weights offline", "missing weights file", "unreachable address", "address without port"]
+         "missing weights offline", "missing weights file", "unreachable address", "address without port",
+         "test size zero", "test size one", "too small for a test set", "source saw the target",
+         "bad dataset before hub weights", "bad dataset before weights file"]
 
 
 def _free_port() -> int:

@@ -477,19 +477,6 @@ def test_run_refuses_mixed_precision_without_gpu() -> None:
 # --------------------------------------------------------------------------------------------- storage
 
 
-def test_tables_go_to_the_remote_filesystem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import pyarrow.fs
-
-    from tlsearch import results, search
-
-    remote = tmp_path / "bucket"
-    monkeypatch.setattr(cluster, "remote_filesystem", lambda uri: (pyarrow.fs.LocalFileSystem(), str(remote / "r")))
-    tables = {name: results.to_table(name, []) for name in results.TABLES}
-    search._write_tables("s3://bucket/r", tables)
-    assert results.open(remote / "r").trials.count_rows() == 0
-    assert sorted(p.name for p in (remote / "r").iterdir()) == sorted(results.FILE_NAMES.values())
-
-
 def test_cluster_shape_decides_multi_node() -> None:
     assert cluster.ClusterShape(1, cpus=4).multi_node(use_gpu=False, loopback=True) is False
     assert cluster.ClusterShape(2, cpus=4).multi_node(use_gpu=False, loopback=True) is True

@@ -90,3 +90,10 @@ def test_freeze_range_resolved_and_checked() -> None:
 def test_round_trip_to_dict() -> None:
     config = build_config(None, model="test_resnet", head_lr="0.01,0.02")
     assert SearchConfig.from_dict(config.to_dict()) == config
+
+
+def test_asha_groups_are_validated() -> None:
+    assert build_config(None).asha_groups == "init"
+    assert build_config(None, asha_groups="init,data_fraction").asha_groups == "init,data_fraction"
+    with pytest.raises(ConfigError, match="asha_groups: got 'model'; valid: init, init,data_fraction"):
+        build_config(None, asha_groups="model")

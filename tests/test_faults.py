@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tlsearch import results
+from tlsearch import results, storage
 from tlsearch.config import build_config
-from tlsearch.search import run_search, storage_root
+from tlsearch.search import run_search
 from tlsearch.stopping import recorded_results
 from tlsearch.train import FAULTS_ENV
 
@@ -62,7 +62,8 @@ def test_a_killed_worker_continues_from_its_checkpoint(tmp_path: Path, faults: P
     assert marker.exists(), "the fault did not fire"
     assert [t["status"] for t in trials] == ["completed"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
-    reported = [r["epoch"] for r in recorded_results(storage_root(config, "killed") + "/tune") if not r.get("restored")]
+    tune_dir = storage.join(config.results_dir, "killed", "_ray", "tune")
+    reported = [r["epoch"] for r in recorded_results(tune_dir) if not r.get("restored")]
     assert reported == [1, 2, 3], "the restarted worker started over instead of resuming at epoch 2"
 
 

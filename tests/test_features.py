@@ -54,13 +54,13 @@ def test_training_on_cached_features_equals_training_the_frozen_model() -> None:
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=hp.head_lr)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
-    train_loader, val_loader = loaders((images[:64], labels[:64]), (images[64:], labels[64:]), spec)
+    train_loader, val_loader, _ = loaders((images[:64], labels[:64]), (images[64:], labels[64:]), spec)
     train_epoch(full, train_loader, normalize, *optimizer(full), loss_fn)
     full_val = evaluate(full, val_loader, normalize, loss_fn)
 
     cached_train = features.compute(probe, images[:64], normalize)
     cached_val = features.compute(probe, images[64:], normalize)
-    feat_train, feat_val = loaders((cached_train, labels[:64]), (cached_val, labels[64:]), spec)
+    feat_train, feat_val, _ = loaders((cached_train, labels[:64]), (cached_val, labels[64:]), spec)
     classifier = probe.get_classifier()
     train_epoch(classifier, feat_train, lambda x: x, *optimizer(classifier), loss_fn)
     probe_val = evaluate(classifier, feat_val, lambda x: x, loss_fn)
@@ -72,10 +72,34 @@ def test_training_on_cached_features_equals_training_the_frozen_model() -> None:
 def test_cache_computes_once_per_key() -> None:
     cache = features.FeatureCache()
     value = torch.ones(2, 4)
-    cache.put(("train", 5, 0.1), value)
-    cache.put(("train", 5, 0.1), torch.zeros(2, 4))  # a second trial's copy does not replace the first
-    assert torch.equal(cache.get(("train", 5, 0.1)), value)  # type: ignore[arg-type]
+    first = features.Pass("train/5/0.1", seconds=2.0, devices=1.0, images=2, flops=10.0)
+    cache.put(("train", 5, 0.1), value, first)
+    # a second trial's copy does not replace the first, nor its cost
+    cache.put(("train", 5, 0.1), torch.zeros(2, 4), features.Pass("train/5/0.1", 9.0, 1.0, 2, 10.0))
+    got = cache.get(("train", 5, 0.1))
+    assert got is not None and torch.equal(got[0], value) and got[1] == first
     assert cache.get(("train", 4, 0.1)) is None  # another freeze depth is another key
+
+
+def test_a_shared_pass_is_charged_evenly_to_every_trial_that_used_it() -> None:
+    import json
+    from dataclasses import asdict
+
+    from tlsearch.search.tables import charge_shared_passes
+
+    train = features.Pass("train/5/0.1", seconds=3.0, devices=2.0, images=30, flops=90.0)
+    val = features.Pass("val/5", seconds=1.0, devices=2.0, images=10, flops=30.0)
+    passes = {"a": json.dumps([asdict(train), asdict(val)]), "b": json.dumps([asdict(train), asdict(val)]),
+              "c": json.dumps([asdict(val)]), "d": None}
+    trials = [{"trial_id": t, "train_flops": 100.0} for t in "abcd"]
+    epochs = [{"trial_id": t, "epoch": e, "train_flops": 100.0 * e} for t in "abcd" for e in (1, 2)]
+    charge_shared_passes(trials, epochs, passes)
+    shared = {r["trial_id"]: r["shared_device_s"] for r in trials}
+    # train pass: 6 device-s over a, b; val pass: 2 device-s over a, b, c; d used none
+    assert shared == pytest.approx({"a": 3 + 2 / 3, "b": 3 + 2 / 3, "c": 2 / 3, "d": 0.0})
+    assert sum(shared.values()) == pytest.approx(3.0 * 2 + 1.0 * 2)  # nothing lost, nothing counted twice
+    flops = {(r["trial_id"], r["epoch"]): r["train_flops"] for r in epochs}
+    assert flops[("a", 2)] == pytest.approx(200 + 45 + 10) and flops[("d", 1)] == 100.0
 
 
 def test_forward_flops_of_the_frozen_part() -> None:

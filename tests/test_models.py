@@ -189,3 +189,47 @@ def test_missing_hub_weights_offline_is_one_clear_error(monkeypatch: pytest.Monk
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(WeightsError, match="pass --weights FILE"):
         models.resolve_source("test_resnet", None, SPEC)
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No network: HF_HUB_OFFLINE unset, a hub endpoint nothing listens on, an empty cache (returned)."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_unreachable_hub_fails_in_seconds_with_what_to_do(unreachable_hub: Path) -> None:
+    import time
+
+    import huggingface_hub.constants as hub_constants
+
+    started = time.perf_counter()
+    with pytest.raises(WeightsError, match=r"hub at http://127.0.0.1:9 cannot be reached.*pass --weights FILE, "
+                                           r"make one with `tlsearch pretrain`, or set HF_HUB_OFFLINE=1"):
+        models.resolve_source("test_resnet", None, SPEC)
+    assert time.perf_counter() - started < 3  # huggingface_hub's retries alone would wait 23 s per file
+    assert hub_constants.HF_HUB_OFFLINE is False  # offline mode was only for the call
+
+
+def test_unreachable_hub_still_serves_the_cache(unreachable_hub: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = models.create("test_resnet", num_classes=1000)
+    repo = unreachable_hub / "models--timm--test_resnet.r160_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    save_file(model.state_dict(), str(repo / "snapshots" / ("a" * 40) / "model.safetensors"))
+    source = models.resolve_source("test_resnet", None, SPEC)
+    assert source.origin == "hub:test_resnet" and source.num_classes == 0
+    assert torch.equal(source.state_dict["conv1.0.weight"], model.state_dict()["conv1.0.weight"])
+
+
+def test_a_model_timm_has_no_weights_for_is_refused_at_once() -> None:
+    with pytest.raises(WeightsError, match="timm has no pretrained weights for 'botnet50ts_256'; pass --weights"):
+        models.hub_model("botnet50ts_256")

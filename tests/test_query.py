@@ -46,7 +46,7 @@ def write(folder: Path) -> None:
             {"experiment": name, "trial_id": tid, **hp, "epoch": e, "val_acc": acc, "device_s": cost * e}
             for e in (1, 2)
         ]
-    experiment = {"experiment": name, "created_at": dt.datetime(2025, 2, 1, tzinfo=dt.timezone.utc), "max_epochs": 2}
+    experiment = {"experiment": name, "created_at": dt.datetime(2025, 2, 1, tzinfo=dt.UTC), "max_epochs": 2}
     results.write_search(
         folder,
         {

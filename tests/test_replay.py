@@ -129,7 +129,7 @@ def _write(folder: Path) -> None:
             )
     experiment = {
         "experiment": name,
-        "created_at": dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc),
+        "created_at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
         "max_epochs": 8,
         "grace_period": 1,
         "reduction_factor": 2,

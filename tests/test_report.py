@@ -21,7 +21,7 @@ TRIALS = {
     "s3": ("scratch", 1, 1.0, "stopped", [0.35], [55], [5.5e9]),
     "e1": ("pretrained", 3, 1.0, "error", [0.50], [5], [0.5e9]),
 }
-NEW = dt.datetime(2025, 3, 1, tzinfo=dt.timezone.utc)
+NEW = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
 
 
 def tables(name: str, created: dt.datetime, trials: dict = TRIALS, max_epochs: int = 4) -> dict[str, pa.Table]:

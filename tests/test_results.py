@@ -18,7 +18,7 @@ import pytest
 from tlsearch import results
 from tlsearch.errors import ResultsError
 
-T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 def search_tables(name: str, created: dt.datetime, trials: int = 2) -> dict[str, pa.Table]:
@@ -93,9 +93,11 @@ def search_tables(name: str, created: dt.datetime, trials: int = 2) -> dict[str,
 def test_schema_round_trip(tmp_path: Path) -> None:
     tables = search_tables("s1", T0)
     written = results.write_search(tmp_path / "s1", tables)
-    assert sorted(p.name for p in written.values()) == ["epochs.parquet", "experiment.parquet", "trials.parquet"]
+    assert sorted(Path(p).name for p in written.values()) == ["epochs.parquet", "experiment.parquet",
+                                                              "trials.parquet"]
     opened = results.open(tmp_path)
-    for name in results.TABLES:
+    assert opened.confirm.count_rows() == 0  # no confirmation yet: an empty table of the right schema
+    for name in results.SEARCH_TABLES:
         back = opened.table(name).to_table()
         assert back.schema == results.SCHEMAS[name]
         assert back.to_pylist() == tables[name].to_pylist()

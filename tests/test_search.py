@@ -4,7 +4,8 @@ import pytest
 
 from tlsearch.config import build_config
 from tlsearch.errors import ConfigError
-from tlsearch.search import _epochs, plan_resources, prepare
+from tlsearch.search import plan_resources, prepare
+from tlsearch.search.tables import epoch_records
 
 
 def test_concurrency_counts_every_cpu_a_trial_holds() -> None:
@@ -38,7 +39,10 @@ def test_prepare_resolves_space_and_decodes_once(tmp_path) -> None:
     assert plan.num_groups == 6
     assert plan.config.space.freeze_depth is not None and plan.config.space.freeze_depth.bounds() == (0, 5)
     assert plan.images.shape[1:] == (3, 16, 16)
-    assert len(plan.pool) + len(plan.val) == len(plan.labels)
+    parts = [set(plan.pool.tolist()), set(plan.val.tolist()), set(plan.test.tolist())]
+    assert sum(map(len, parts)) == len(plan.labels) == len(set.union(*parts))  # three disjoint splits, all images
+    assert len(plan.test) == pytest.approx(0.2 * len(plan.labels), abs=5)  # digits: a stratified --test-size share
+    assert plan.classes == ("5", "6", "7", "8", "9")
     assert not (tmp_path / "r").exists()  # nothing is written before the search starts
 
 
@@ -54,7 +58,7 @@ def test_epoch_rows_keep_one_report_per_epoch_and_a_restored_repeat_only_when_it
         {"epoch": 3, "val_acc": 0.7, "checkpoint_path": "ckpt-3"},
         {"epoch": 4, "val_acc": 0.8, "restored": True},  # the driver died before Tune logged epoch 4
     ])
-    rows = _epochs(SimpleNamespace(metrics_dataframe=frame))
+    rows = epoch_records(SimpleNamespace(metrics_dataframe=frame))
     assert [(r["epoch"], r["checkpoint_path"], r["restored"]) for r in rows] == [
         (1, "ckpt-1", None), (2, "ckpt-2", None), (3, "ckpt-3", None), (4, None, True)]
-    assert _epochs(SimpleNamespace(metrics_dataframe=pd.DataFrame())) == []
+    assert epoch_records(SimpleNamespace(metrics_dataframe=pd.DataFrame())) == []

@@ -65,6 +65,8 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--seed", type=int, help="Seed for TPE, the splits and the trials (default 0)."),
     click.option("--batch-size", type=int, help="Training batch size per worker (default 64)."),
     click.option("--val-size", type=int, help="Validation images held out of the target set (default 1000)."),
+    click.option("--test-size", type=float, help="Share of the target images held out as the test set when the "
+                                                 "dataset names no test split (default 0.2)."),
     click.option("--num-workers", type=int, help="Ray Train workers per trial (default 1)."),
     click.option("--cpus-per-worker", type=float, help="CPUs each worker holds (default 1)."),
     click.option("--gpu/--no-gpu", "use_gpu", default=None, help="Use GPUs (default: when Ray has them)."),
@@ -74,6 +76,8 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="Training precision; bf16/fp16 (mixed) need --gpu (default fp32)."),
     click.option("--max-concurrent", type=int,
                  help="Cap on trials at once (default: what the resources fit)."),
+    click.option("--asha-groups", type=click.Choice(["init", "init,data_fraction"]),
+                 help="ASHA ranks a trial only among trials of its own arm, or arm and data fraction (default init)."),
     click.option("--feature-cache/--no-feature-cache", default=None,
                  help="Linear probes train on frozen features computed once per data subset (default: on)."),
     click.option("--trial-timeout", "trial_timeout_s", type=float,
@@ -129,7 +133,7 @@ def run(config_file: str | None, verbose: int, restart: bool, **options: Any) ->
 @domain_errors
 def pretrain(dataset: str, model: str, out: str, **options: Any) -> None:
     """Train a source model and write safetensors plus a JSON sidecar."""
-    from tlsearch.pretrain import pretrain as run_pretrain
+    from tlsearch.source import pretrain as run_pretrain
 
     run_pretrain(dataset, model, out, echo=click.echo, **options)
 
@@ -193,6 +197,28 @@ def replay(
     outcomes = replay_mod.replay_settings(curves, grace_values, reduction_values, int(info["max_epochs"]))
     for line in replay_mod.format_report(info, curves, outcomes):
         click.echo(line)
+
+
+@cli.command()
+@click.argument("results_dir")
+@click.option("--experiment", help="Experiment (search) name (default: the newest by created_at).")
+@click.option("--repeats", type=int, default=3, show_default=True,
+              help="Runs per configuration, each with its own seed.")
+@click.option("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1).")
+@click.option("--restart", is_flag=True, help="Discard an earlier confirmation of this experiment.")
+@click.option("-v", "--verbose", count=True, help="More of Ray's output.")
+@domain_errors
+def confirm(results_dir: str, experiment: str | None, repeats: int, address: str | None, restart: bool,
+            verbose: int) -> None:
+    """Retrain the best configuration of every (init, data_fraction) --repeats times to max_epochs, without
+    early stopping, scoring validation and test every epoch; writes confirm.parquet (resumable like run)."""
+    from tlsearch.confirm import confirm as run_confirm
+
+    outcome = run_confirm(results_dir, experiment, repeats, address=address, restart=restart, echo=click.echo,
+                          verbose=verbose)
+    click.echo(f"tlsearch: {outcome.runs} confirmation run(s) of {outcome.experiment} in {outcome.wall_s:.0f} s; "
+               f"{outcome.table.num_rows} rows in {outcome.folder}/confirm.parquet; "
+               f"`tlsearch report {results_dir}` turns them into intervals and verdicts")
 
 
 ADDRESS_HELP = "Ray dashboard URL, http(s)://HOST:PORT (default: RAY_API_SERVER_ADDRESS)."

@@ -10,18 +10,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 import yaml
 
 from tlsearch.errors import ConfigError
 
 INITS = ("pretrained", "scratch")
+# The search dimensions, in table order, with each column's Arrow type: the one list the space, the trial, the
+# tables, the report and the export read. A new dimension is added here, in SpaceConfig and in space.DefineByRun.
+DIMENSIONS: dict[str, str] = {
+    "init": "string",
+    "freeze_depth": "int32",
+    "head_lr": "float64",
+    "backbone_lr": "float64",
+    "data_fraction": "float64",
+}
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Fair arms: ASHA compares a trial with the trials of its own arm (and, optionally, of its own data fraction).
+ASHA_GROUPS = ("init", "init,data_fraction")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -221,6 +232,7 @@ class SearchConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     val_size: int = 1000
+    test_size: float = 0.2
     weight_decay: float = 0.01
     num_workers: int = 1
     cpus_per_worker: float | None = None
@@ -230,6 +242,7 @@ class SearchConfig:
     max_concurrent: int | None = None
     trial_timeout_s: float | None = None
     feature_cache: bool = True
+    asha_groups: str = "init"  # ASHA ranks a trial only among trials of the same values of these dimensions
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
     def __post_init__(self) -> None:
@@ -273,6 +286,11 @@ class SearchConfig:
             raise ConfigError(f"gpus_per_worker: got {self.gpus_per_worker:g} without --gpu; pass --gpu too")
         if self.trial_timeout_s is not None and self.trial_timeout_s <= 0:
             raise ConfigError(f"trial_timeout_s: must be > 0 seconds, got {self.trial_timeout_s}")
+        if not 0 < self.test_size < 1:
+            raise ConfigError(f"test_size: must be in (0, 1), the share of the target images held out for the test "
+                              f"set when the dataset names none, got {self.test_size}")
+        if self.asha_groups not in ASHA_GROUPS:
+            raise ConfigError(f"asha_groups: got {self.asha_groups!r}; valid: {', '.join(ASHA_GROUPS)}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
 

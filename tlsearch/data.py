@@ -1,8 +1,22 @@
 """Datasets: built-ins, ImageFolder trees and Parquet tables, decoded once into compact uint8 arrays.
 
-Every source becomes an :class:`ImageSet` (uint8 images N x H x W x C, int64 labels, class names). The search
-driver decodes and resizes once (:func:`to_model_input`), puts the result in Ray's object store, and each trial
-takes a validation split and a nested, stratified training subset of it by index.
+Every source becomes an :class:`ImageSet` (uint8 images N x H x W x C, int64 labels, class names, and the
+split each image belongs to when the source names one). The search driver decodes and resizes every image once
+(:func:`to_model_input`) and cuts three disjoint sets of indices into that one array (:func:`three_way_split`): a
+training pool, a validation set (all selection) and a test set the search never sees. Each trial takes a nested,
+stratified training subset of the pool by index.
+
+Where the splits come from:
+
+* Fashion-MNIST: the official 60,000 training and 10,000 test images (of the target classes for ``-split``).
+* ``digits``: no official split; the test set is a stratified ``test_size`` share.
+* ImageFolder: ``train/``, ``val/`` (or ``valid/``, ``validation/``) and ``test/`` folders, each holding class
+  folders, when the root holds only such folders; otherwise the root's folders are the classes.
+* Parquet: a ``split`` column (train, val, valid, validation, test), else, for a directory, file or folder names
+  starting with a split name (``train-00000-of-00001.parquet``, ``test-*.parquet``, as Hugging Face exports).
+
+What a source does not name is drawn, stratified, from its training images: the test set first, then the
+validation set.
 """
 
 from __future__ import annotations
@@ -11,8 +25,10 @@ import gzip
 import io
 import struct
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,19 +46,27 @@ _IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 BUILTINS = ("digits", "digits-split", "fashion-mnist", "fashion-mnist-split")
 ROLES = ("source", "target")
+SPLITS = ("train", "val", "test")  # ImageSet.split holds an index into this tuple per image
+TRAIN, VAL, TEST = range(3)
+SPLIT_NAMES = {"train": TRAIN, "val": VAL, "valid": VAL, "validation": VAL, "test": TEST}
+TEST_SEED = 0  # the drawn test set does not follow --seed: every search of one dataset is tested on the same images
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Decoded images (uint8, N x H x W x C), labels 0..K-1 and the K class names."""
+    """Decoded images (uint8, N x H x W x C), labels 0..K-1, the K class names and, when the source names its
+    splits, each image's split (an index into :data:`SPLITS`)."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: tuple[str, ...]
+    split: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):
             raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if self.split is not None and len(self.split) != len(self.labels):
+            raise DataError(f"{len(self.split)} split marks but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,7 +76,8 @@ class ImageSet:
         mask = np.isin(self.labels, keep)
         remap = {int(old): new for new, old in enumerate(keep)}
         labels = np.array([remap[int(v)] for v in self.labels[mask]], dtype=np.int64)
-        return ImageSet(self.images[mask], labels, tuple(self.classes[int(k)] for k in keep))
+        split = None if self.split is None else self.split[mask]
+        return ImageSet(self.images[mask], labels, tuple(self.classes[int(k)] for k in keep), split)
 
 
 def describe(spec: str) -> str:
@@ -73,18 +98,22 @@ def load(spec: str, role: str = "target", data_dir: str | None = None) -> ImageS
             half = np.arange(0, 5) if role == "source" else np.arange(5, 10)
             data = data.subset(half)
     else:
+        check_spec(spec)
         path = Path(spec)
-        if path.is_dir() and not any(path.glob("*.parquet")):
-            data = _image_folder(path)
-        elif path.suffix == ".parquet" or path.is_dir():
-            data = _parquet(path)
-        else:
-            raise DataError(
-                f"dataset {spec!r} is neither a built-in ({', '.join(BUILTINS)}) nor an existing "
-                "ImageFolder directory or Parquet file"
-            )
+        data = _parquet(path) if path.is_file() or any(path.rglob("*.parquet")) else _image_folder(path)
     check(data, spec)
     return data
+
+
+def check_spec(spec: str) -> None:
+    """Refuse, without reading any image, a dataset that is neither a built-in nor an existing folder or file."""
+    path = Path(spec)
+    if spec in BUILTINS or path.is_dir() or (path.is_file() and path.suffix == ".parquet"):
+        return
+    raise DataError(
+        f"dataset {spec!r} is neither a built-in ({', '.join(BUILTINS)}) nor an existing "
+        "ImageFolder directory or Parquet file"
+    )
 
 
 def check(data: ImageSet, spec: str) -> None:
@@ -119,18 +148,20 @@ def _idx_path(folder: Path, stem: str) -> Path | None:
 
 
 def _fashion_mnist(data_dir: str | None) -> ImageSet:
-    """Fashion-MNIST train+test from IDX files: ``data_dir``, Debian's package, or the upstream download."""
+    """Fashion-MNIST train+test from IDX files: ``data_dir``, Debian's package, or the upstream download.
+
+    Both official splits, marked: the test images become the search's test set.
+    """
     folder = fashion_mnist_dir(data_dir)
     if folder is None:
         folder = _download_fashion_mnist(Path(data_dir or Path.home() / ".cache" / "tlsearch" / "fashion-mnist"))
-    parts = []
-    for images_stem, labels_stem in _IDX.values():
-        images = _read_idx(_idx_path(folder, images_stem))
-        labels = _read_idx(_idx_path(folder, labels_stem))
-        parts.append((images, labels))
-    images = np.concatenate([p[0] for p in parts])[..., None]
-    labels = np.concatenate([p[1] for p in parts]).astype(np.int64)
-    return ImageSet(images, labels, FASHION_MNIST_CLASSES)
+    images, labels, split = [], [], []
+    for name, (images_stem, labels_stem) in _IDX.items():
+        images.append(_read_idx(_idx_path(folder, images_stem)))
+        labels.append(_read_idx(_idx_path(folder, labels_stem)))
+        split.append(np.full(len(labels[-1]), SPLIT_NAMES[name], dtype=np.int8))
+    return ImageSet(np.concatenate(images)[..., None], np.concatenate(labels).astype(np.int64),
+                    FASHION_MNIST_CLASSES, np.concatenate(split))
 
 
 def _download_fashion_mnist(folder: Path) -> Path:
@@ -195,23 +226,34 @@ def _stack(images: list[np.ndarray]) -> np.ndarray:
 
 
 def _image_folder(root: Path) -> ImageSet:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for file in sorted((root / name).rglob("*")):
-            if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
-                images.append(_decode(file.read_bytes(), str(file)))
-                labels.append(label)
-    return ImageSet(_stack(images), np.array(labels, dtype=np.int64), tuple(classes))
+    """Class folders of images; below ``train/``, ``val/`` and ``test/`` folders when the root holds only those."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    named = bool(folders) and all(p.name.lower() in SPLIT_NAMES for p in folders)
+    parts = [(f, SPLIT_NAMES[f.name.lower()]) for f in folders] if named else [(root, TRAIN)]
+    classes = sorted({c.name for part, _ in parts for c in part.iterdir() if c.is_dir()})
+    images, labels, split = [], [], []
+    for part, code in parts:
+        for label, name in enumerate(classes):
+            files = sorted((part / name).rglob("*")) if (part / name).is_dir() else []
+            for file in files:
+                if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+                    images.append(_decode(file.read_bytes(), str(file)))
+                    labels.append(label)
+                    split.append(code)
+    marks = np.array(split, dtype=np.int8) if named else None
+    return ImageSet(_stack(images), np.array(labels, dtype=np.int64), tuple(classes), marks)
 
 
 def _parquet(path: Path) -> ImageSet:
-    """A table with an image column (bytes, or a struct with ``bytes`` as Hugging Face exports) and a label."""
+    """A table with an image column (bytes, or a struct with ``bytes`` as Hugging Face exports), a label and
+    optionally a ``split`` column; in a directory, files (or folders) named ``train-*``/``test-*`` mark splits."""
     import pyarrow as pa
     import pyarrow.dataset as pads
 
     try:
-        table = pads.dataset(str(path), format="parquet").to_table()
+        dataset = pads.dataset(str(path), format="parquet")
+        fragments = [(frag.path, frag.to_table(schema=dataset.schema)) for frag in dataset.get_fragments()]
+        table = pa.concat_tables([t for _, t in fragments]) if fragments else dataset.schema.empty_table()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"Parquet dataset {path}: cannot be read ({exc})") from None
     names = set(table.column_names)
@@ -233,7 +275,41 @@ def _parquet(path: Path) -> ImageSet:
     classes = [str(v) for v in sorted(set(raw_labels))]
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[str(v)] for v in raw_labels], dtype=np.int64)
-    return ImageSet(_stack(images), labels, tuple(classes))
+    split: np.ndarray | None
+    if "split" in names:
+        split = _split_marks(table.column("split").to_pylist(), f"Parquet dataset {path}: column 'split'")
+    else:
+        split = _file_splits(path, [(p, t.num_rows) for p, t in fragments]) if path.is_dir() else None
+    return ImageSet(_stack(images), labels, tuple(classes), split)
+
+
+def _split_marks(values: Sequence[Any], where: str) -> np.ndarray:
+    marks = [SPLIT_NAMES.get(str(v).strip().lower()) for v in values]
+    bad = sorted({str(v) for v, m in zip(values, marks, strict=True) if m is None})
+    if bad:
+        raise DataError(f"{where} holds {', '.join(bad[:3])}; valid split names: {', '.join(SPLIT_NAMES)}")
+    return np.array(marks, dtype=np.int8)
+
+
+def _file_splits(root: Path, files: list[tuple[str, int]]) -> np.ndarray | None:
+    """Each row's split from its file's path below ``root``: the first part named ``train``, ``test``, ... (up to a
+    ``-``, ``_`` or ``.``); None when no file is named so."""
+    marks = [_split_of(Path(file).resolve().relative_to(root.resolve())) for file, _ in files]
+    if all(m is None for m in marks):
+        return None
+    unnamed = [file for (file, _), m in zip(files, marks, strict=True) if m is None]
+    if unnamed:
+        raise DataError(f"Parquet dataset {root}: {unnamed[0]} has no split in its name while other files have; "
+                        f"name every file train-*, val-* or test-*, or add a 'split' column")
+    return np.concatenate([np.full(rows, m, dtype=np.int8) for (_, rows), m in zip(files, marks, strict=True)])
+
+
+def _split_of(relative: Path) -> int | None:
+    for part in relative.with_suffix("").parts:
+        word = part.lower().replace("_", "-").replace(".", "-").split("-")[0]
+        if word in SPLIT_NAMES:
+            return SPLIT_NAMES[word]
+    return None
 
 
 def to_model_input(data: ImageSet, in_chans: int, size: int) -> torch.Tensor:
@@ -249,19 +325,82 @@ def to_model_input(data: ImageSet, in_chans: int, size: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8).contiguous()
 
 
+@dataclass(frozen=True)
+class Splits:
+    """Disjoint indices into one dataset: the training pool, the validation set and the test set."""
+
+    pool: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def three_way_split(data: ImageSet, val_size: int, test_size: float, seed: int) -> Splits:
+    """Pool, validation and test indices: the dataset's own splits where it names them, else drawn, stratified.
+
+    A missing test set is a stratified ``test_size`` share of the training images, drawn with :data:`TEST_SEED`
+    (not ``seed``), so searches with different seeds are tested on the same images. A missing validation set is
+    then drawn from what is left with ``seed``, as :func:`stratified_split` does (``val_size`` images, at most a
+    fifth). Whatever remains is the pool.
+    """
+    marks = data.split if data.split is not None else np.full(len(data), TRAIN, dtype=np.int8)
+    train, val, test = (np.flatnonzero(marks == code) for code in (TRAIN, VAL, TEST))
+    if len(test) == 0:
+        test = _stratified(data.labels, train, test_size, np.random.default_rng(TEST_SEED))
+        train = np.setdiff1d(train, test)
+    if len(val) == 0:
+        share = min(val_size, len(train) // 5) / max(len(train), 1)
+        val = _stratified(data.labels, train, share, np.random.default_rng(seed))
+        train = np.setdiff1d(train, val)
+    return Splits(train, val, test)
+
+
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train pool, validation) indices; the validation split is stratified, at most a fifth of the data."""
-    n_val = min(val_size, len(labels) // 5)
-    rng = np.random.default_rng(seed)
-    val: list[np.ndarray] = []
-    classes, counts = np.unique(labels, return_counts=True)
-    for cls, count in zip(classes, counts, strict=True):
-        idx = np.flatnonzero(labels == cls)
-        take = max(1, round(n_val * count / len(labels))) if count > 1 else 0
-        val.append(rng.permutation(idx)[:take])
-    val_idx = np.sort(np.concatenate(val))
-    pool = np.setdiff1d(np.arange(len(labels)), val_idx)
-    return pool, val_idx
+    everything = np.arange(len(labels))
+    share = min(val_size, len(labels) // 5) / max(len(labels), 1)
+    val = _stratified(labels, everything, share, np.random.default_rng(seed))
+    return np.setdiff1d(everything, val), val
+
+
+def _stratified(labels: np.ndarray, among: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """A ``share`` of the indices ``among``, class by class (at least one of each class with two or more)."""
+    if share <= 0:
+        return np.zeros(0, dtype=np.int64)
+    taken = []
+    for cls in np.unique(labels[among]):
+        members = among[labels[among] == cls]
+        take = max(1, round(share * len(members))) if len(members) > 1 else 0
+        taken.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(taken)) if taken else np.zeros(0, dtype=np.int64)
+
+
+def check_unseen(target: str, target_classes: Sequence[str], source: Mapping[str, Any], weights: str) -> None:
+    """Refuse a target whose images the source model was trained on, when its sidecar says so.
+
+    The sidecar's ``dataset`` (as ``tlsearch pretrain`` and an exported best model write it) names the source's
+    data; the same data (one built-in with or without ``-split``, or one path) whose ``classes`` meet the target's
+    means the images overlap. A sidecar naming the same data without its classes counts as all of them.
+    """
+    trained_on = source.get("dataset")
+    if not isinstance(trained_on, str) or _identity(trained_on) != _identity(target):
+        return
+    seen = {str(c) for c in source.get("classes") or target_classes}
+    overlap = [c for c in target_classes if c in seen]
+    if not overlap:
+        return
+    shown = ", ".join(overlap[:3]) + (", ..." if len(overlap) > 3 else "")
+    base = _identity(target)
+    hint = (f"pretrain on {base}-split's source half and search {base}-split" if target in BUILTINS
+            else "use weights trained on other images")
+    raise DataError(
+        f"weights {weights} were trained on {trained_on}, which holds the target {target}'s classes ({shown}): "
+        f"its validation and test images would not be unseen; {hint}"
+    )
+
+
+def _identity(spec: str) -> str:
+    """What data a dataset spec means: a built-in's family (``-split`` or not), else the resolved path."""
+    return spec.removesuffix("-split") if spec in BUILTINS else str(Path(spec).expanduser().resolve())
 
 
 def nested_fraction(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -24,26 +24,39 @@ class FeatureCache:
     """A Ray actor holding frozen-part outputs for one search (created by the driver, ``num_cpus=0``)."""
 
     def __init__(self) -> None:
-        self._store: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._store: dict[tuple[Any, ...], tuple[torch.Tensor, Pass]] = {}
 
-    def get(self, key: tuple[Any, ...]) -> torch.Tensor | None:
+    def get(self, key: tuple[Any, ...]) -> tuple[torch.Tensor, Pass] | None:
         return self._store.get(key)
 
-    def put(self, key: tuple[Any, ...], value: torch.Tensor) -> None:
-        self._store.setdefault(key, value)
+    def put(self, key: tuple[Any, ...], value: torch.Tensor, cost: Pass) -> None:
+        self._store.setdefault(key, (value, cost))
 
     def keys(self) -> list[tuple[Any, ...]]:
         return list(self._store)
 
 
 @dataclass(frozen=True)
+class Pass:
+    """What one frozen-part pass over a set of images cost: the trials that use its output share it evenly."""
+
+    key: str
+    seconds: float
+    devices: float  # what the worker that ran it held (CPUs or GPUs): device-seconds = seconds x devices
+    images: int
+    flops: float
+
+
+@dataclass(frozen=True)
 class Features:
-    """Cached inputs for the classifier: training subset and validation split, and what computing them cost."""
+    """Cached inputs for the classifier: training subset, validation (and test) split, and their passes."""
 
     train: torch.Tensor
     val: torch.Tensor
-    computed_images: int  # images this trial ran through the frozen part (0 when both came from the cache)
-    forward_flops_per_image: float
+    test: torch.Tensor | None
+    passes: tuple[Pass, ...]  # every pass this trial's inputs came from, computed here or by another trial
+    here: tuple[bool, ...]  # per pass: computed by this trial (True) or taken from the cache
+    computed_images: int  # images this trial ran through the frozen part (0 when all came from the cache)
 
 
 def eligible(model: nn.Module) -> bool:
@@ -84,18 +97,24 @@ def compute(model: nn.Module, images: torch.Tensor, normalize: Any, batch_size: 
 
 
 def cached(
-    cache: Any, key: tuple[Any, ...], model: nn.Module, images: torch.Tensor, normalize: Any
-) -> tuple[torch.Tensor, int]:
-    """(features, images computed here): from the cache actor when present, else computed and stored."""
+    cache: Any, key: tuple[Any, ...], model: nn.Module, images: torch.Tensor, normalize: Any, flops_per_image: float,
+    devices: float = 1.0,
+) -> tuple[torch.Tensor, Pass, bool]:
+    """(features, the pass that made them, computed here?): from the cache actor when present, else computed."""
+    import time
+
     import ray
 
     found = ray.get(cache.get.remote(key)) if cache is not None else None
     if found is not None:
-        return found, 0
+        return found[0], found[1], False
+    started = time.perf_counter()
     value = compute(model, images, normalize)
+    cost = Pass("/".join(str(k) for k in key), time.perf_counter() - started, devices, len(images),
+                flops_per_image * len(images))
     if cache is not None:
-        ray.get(cache.put.remote(key, value))
-    return value, len(images)
+        ray.get(cache.put.remote(key, value, cost))
+    return value, cost, True
 
 
 def forward_flops_per_image(model: nn.Module, example: torch.Tensor) -> float:

@@ -10,10 +10,17 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-from collections.abc import Mapping
+import logging
+import socket
+import threading
+import urllib.request
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import timm
 import torch
@@ -23,8 +30,8 @@ from timm.layers import freeze_batch_norm_2d
 from timm.models import group_parameters
 from torch import nn
 
-from tlsearch._io import replacing
 from tlsearch.errors import ModelError, WeightsError
+from tlsearch.storage import replacing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -68,18 +75,105 @@ def check_model_name(name: str) -> None:
         raise ModelError(f"unknown timm model {name!r}{hint}")
 
 
-def create(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False) -> nn.Module:
-    """Create a timm model; hub downloads happen only when ``pretrained`` is true."""
+def create(name: str, num_classes: int, in_chans: int = 3) -> nn.Module:
+    """Create a timm model with fresh weights (no download; :func:`hub_model` fetches pretrained ones)."""
     check_model_name(name)
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     except (OSError, RuntimeError, ValueError) as exc:
-        if pretrained:
-            raise WeightsError(
-                f"no pretrained weights for {name!r} could be loaded from the timm/Hugging Face hub or the local "
-                f"HF cache ({type(exc).__name__}); offline, pass --weights FILE or make one with `tlsearch pretrain`"
-            ) from None
         raise ModelError(f"cannot build {name!r}: {exc}") from None
+
+
+def hub_model(name: str) -> nn.Module:
+    """timm's pretrained ``name`` (its classifier fresh, one class), from the Hugging Face hub or its local cache.
+
+    Fails in seconds and quietly when the weights cannot be had: a hub that does not answer a TCP probe is treated
+    as offline (``HF_HUB_OFFLINE``), so the cache serves what it holds and nothing waits out huggingface_hub's
+    retries; the libraries' log lines and warnings are held back for the call; the one error says what to do.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id, url = (cfg.hf_hub_id, cfg.url) if cfg else (None, None)
+    if not (hub_id or url or (cfg and cfg.file)):
+        raise WeightsError(f"timm has no pretrained weights for {name!r}; {HUB_REMEDY}")
+    where = hub_constants.ENDPOINT if hub_id else str(url)
+    offline = bool(hub_constants.HF_HUB_OFFLINE)
+    reachable = offline or _reachable(where)
+    if not reachable and not hub_id and not _in_torch_cache(str(url)):
+        raise WeightsError(f"no pretrained weights for {name!r}: {where} cannot be reached; {HUB_REMEDY}")
+    try:
+        with _hub_call(offline=not reachable or offline):
+            return timm.create_model(name, pretrained=True, num_classes=1)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if offline:
+            why = "the Hugging Face cache does not hold them and HF_HUB_OFFLINE=1 forbids downloading"
+        elif not reachable:
+            why = f"the hub at {where} cannot be reached and the Hugging Face cache does not hold them"
+        else:
+            why = f"loading them from {where} failed ({type(exc).__name__}: {_first_line(exc)})"
+        raise WeightsError(f"no pretrained weights for {name!r}: {why}; {HUB_REMEDY}") from None
+
+
+HUB_REMEDY = ("pass --weights FILE, make one with `tlsearch pretrain`, or set HF_HUB_OFFLINE=1 with the weights in "
+              "the Hugging Face cache")
+_HUB_LOGGERS = ("huggingface_hub", "timm", "httpx", "httpcore", "urllib3", "filelock")
+
+
+def _reachable(url: str, timeout_s: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host (or the proxy the environment names for it) opens in time.
+
+    Run in a thread so that a name lookup hanging on an unreachable DNS server cannot exceed the timeout either.
+    """
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    opened: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout_s).close()
+            opened.append(True)
+        except OSError:
+            opened.append(False)
+
+    thread = threading.Thread(target=probe, name="tlsearch-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(opened and opened[0])
+
+
+def _in_torch_cache(url: str) -> bool:
+    """Whether timm's download of a plain-URL checkpoint would be served by torch.hub's cache."""
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlsplit(url).path).name).is_file()
+
+
+@contextmanager
+def _hub_call(offline: bool) -> Iterator[None]:
+    """huggingface_hub in (or out of) offline mode, with its, timm's and the HTTP stack's logging held back."""
+    import huggingface_hub.constants as hub_constants
+
+    loggers = [logging.getLogger(n) for n in _HUB_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    was_offline = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = offline  # read by huggingface_hub on every request (constants.is_offline_mode)
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = was_offline
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else "no detail"
 
 
 def param_groups(model: nn.Module) -> list[list[str]]:
@@ -172,11 +266,17 @@ def classifier_keys(model: nn.Module) -> set[str]:
     return {k for k in model.state_dict() if any(k.startswith(p) for p in prefixes)}
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read safetensors, or a torch state dict with ``weights_only=True`` (a pickle that runs code is refused)."""
+def check_weights_file(path: str | Path) -> Path:
+    """The weights file as a Path; refused, without reading it, when there is no such file."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
+    return path
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read safetensors, or a torch state dict with ``weights_only=True`` (a pickle that runs code is refused)."""
+    path = check_weights_file(path)
     try:
         if path.suffix == ".safetensors":
             return load_safetensors(str(path))
@@ -200,7 +300,7 @@ def resolve_source(
 ) -> SourceWeights:
     """Resolve pretrained weights: a local file (with optional JSON sidecar) or the timm hub / HF cache."""
     if weights is None:
-        model = create(model_name, num_classes=1, pretrained=True)
+        model = hub_model(model_name)
         state = {k: v for k, v in model.state_dict().items() if k not in classifier_keys(model)}
         spec = input_spec(model, image_size)
         return SourceWeights(state, 0, spec, origin=f"hub:{model_name}")

@@ -32,8 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from tlsearch import results
-from tlsearch._io import replacing
 from tlsearch.errors import TLSearchError
+from tlsearch.storage import replacing
 
 FORMATS = ("table", "csv", "json", "parquet")
 COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
@@ -278,7 +278,7 @@ def coerce(value: Any, kind: pa.DataType, column: str) -> pa.Scalar:
         if pa.types.is_timestamp(kind) and isinstance(value, str):
             moment = dt.datetime.fromisoformat(value)
             if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=dt.timezone.utc)
+                moment = moment.replace(tzinfo=dt.UTC)
             return pa.scalar(moment).cast(kind)
         if (pa.types.is_string(kind) or pa.types.is_large_string(kind)) and not isinstance(value, str):
             raise TypeError

@@ -89,7 +89,7 @@ def pick_experiment(resultset: results.ResultSet, name: str | None = None) -> di
     if not rows:
         raise ReportError("the results hold no experiments table rows; was the search written completely?")
     if name is None:
-        oldest = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+        oldest = dt.datetime.min.replace(tzinfo=dt.UTC)
         return max(rows, key=lambda r: (r["created_at"] or oldest, r["experiment"]))
     for row in rows:
         if row["experiment"] == name:

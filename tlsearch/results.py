@@ -8,8 +8,6 @@ older tlsearch with fewer columns still read, the missing columns as nulls.
 
 from __future__ import annotations
 
-import builtins
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,27 +15,28 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
-from tlsearch._io import replacing
+from tlsearch import storage
+from tlsearch.config import DIMENSIONS
 from tlsearch.errors import ResultsError
 
-TABLES = ("experiments", "trials", "epochs")
-FILE_NAMES = {"experiments": "experiment.parquet", "trials": "trials.parquet", "epochs": "epochs.parquet"}
+TABLES = ("experiments", "trials", "epochs", "confirm")
+SEARCH_TABLES = TABLES[:3]  # what every search writes; confirm.parquet comes from `tlsearch confirm`
+FILE_NAMES = {"experiments": "experiment.parquet", "trials": "trials.parquet", "epochs": "epochs.parquet",
+              "confirm": "confirm.parquet"}
 
-CONFIG_FIELDS = [
-    pa.field("init", pa.string()),
-    pa.field("freeze_depth", pa.int32()),
-    pa.field("head_lr", pa.float64()),
-    pa.field("backbone_lr", pa.float64()),
-    pa.field("data_fraction", pa.float64()),
-]
+CONFIG_FIELDS = [pa.field(name, pa.type_for_alias(kind)) for name, kind in DIMENSIONS.items()]
+# What a trial reports every epoch (validation only: the search never sees the test set).
+METRICS = ("val_acc", "val_loss", "train_loss")
+COSTS = ("wall_s", "device_s", "samples_seen", "train_flops")
 COST_FIELDS = [
-    pa.field("wall_s", pa.float64()),
-    pa.field("device_s", pa.float64()),
+    pa.field("wall_s", pa.float64()),  # cumulative wall seconds of training and evaluation (start-up apart)
+    pa.field("device_s", pa.float64()),  # wall_s x devices held (CPUs or GPUs of all workers)
     pa.field("samples_seen", pa.int64()),
-    pa.field("train_flops", pa.float64()),
+    pa.field("train_flops", pa.float64()),  # frozen-aware: backward only where parameters train
 ]
+STARTUP_FIELD = pa.field("startup_s", pa.float64())  # trial start to its first training step, device-seconds
+SHARED_FIELD = pa.field("shared_device_s", pa.float64())  # its share of passes shared with other trials
 
 EXPERIMENTS = pa.schema([
     pa.field("experiment", pa.string(), nullable=False),
@@ -55,10 +54,14 @@ EXPERIMENTS = pa.schema([
     pa.field("num_groups", pa.int32()),
     pa.field("train_pool_size", pa.int64()),
     pa.field("val_size", pa.int64()),
+    pa.field("test_size", pa.int64()),
     pa.field("concurrency", pa.int32()),
     pa.field("wall_s", pa.float64()),
     pa.field("best_trial_id", pa.string()),
     pa.field("best_val_acc", pa.float64()),
+    pa.field("best_test_acc", pa.float64()),  # the best trial's best checkpoint on the held-out test set
+    pa.field("source_device_s", pa.float64()),  # what pretraining the source model cost (its sidecar), if known
+    pa.field("source_train_images", pa.int64()),
     pa.field("tlsearch_version", pa.string()),
     pa.field("ray_version", pa.string()),
     pa.field("torch_version", pa.string()),
@@ -70,7 +73,7 @@ EXPERIMENTS = pa.schema([
 TRIALS = pa.schema([
     pa.field("experiment", pa.string(), nullable=False),
     pa.field("trial_id", pa.string(), nullable=False),
-    pa.field("status", pa.string()),  # completed | stopped (by ASHA) | error
+    pa.field("status", pa.string()),  # completed | stopped (by ASHA) | error | timeout
     *CONFIG_FIELDS,
     pa.field("num_groups", pa.int32()),
     pa.field("train_size", pa.int64()),
@@ -83,7 +86,11 @@ TRIALS = pa.schema([
     pa.field("last_val_acc", pa.float64()),
     pa.field("last_val_loss", pa.float64()),
     pa.field("last_train_loss", pa.float64()),
+    pa.field("test_acc", pa.float64()),  # best_epoch's checkpoint on the test set; null where not evaluated
+    pa.field("test_loss", pa.float64()),
     *COST_FIELDS,
+    STARTUP_FIELD,
+    SHARED_FIELD,
     pa.field("node_id", pa.string()),  # the Ray node of the trial's rank-0 worker (last epoch)
     pa.field("error", pa.string()),
     pa.field("checkpoint_path", pa.string()),
@@ -94,14 +101,45 @@ EPOCHS = pa.schema([
     pa.field("trial_id", pa.string(), nullable=False),
     *CONFIG_FIELDS,
     pa.field("epoch", pa.int32(), nullable=False),
-    pa.field("val_acc", pa.float64()),
-    pa.field("val_loss", pa.float64()),
-    pa.field("train_loss", pa.float64()),
+    *(pa.field(name, pa.float64()) for name in METRICS),
     *COST_FIELDS,
+    STARTUP_FIELD,
+    SHARED_FIELD,
     pa.field("node_id", pa.string()),
 ])
 
-SCHEMAS = {"experiments": EXPERIMENTS, "trials": TRIALS, "epochs": EPOCHS}
+# tlsearch confirm: the best configuration of every (init, data_fraction) retrained ``repeats`` times to
+# max_epochs without early stopping; one row per run per epoch, validation and test every epoch.
+CONFIRM = pa.schema([
+    pa.field("experiment", pa.string(), nullable=False),
+    pa.field("source_trial_id", pa.string()),  # the search trial whose configuration is repeated
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("repeat", pa.int32()),
+    pa.field("seed", pa.int64()),
+    *CONFIG_FIELDS,
+    pa.field("epoch", pa.int32(), nullable=False),
+    *(pa.field(name, pa.float64()) for name in METRICS),
+    pa.field("test_acc", pa.float64()),
+    pa.field("test_loss", pa.float64()),
+    *COST_FIELDS,
+    STARTUP_FIELD,
+    SHARED_FIELD,
+    pa.field("node_id", pa.string()),
+])
+
+SCHEMAS = {"experiments": EXPERIMENTS, "trials": TRIALS, "epochs": EPOCHS, "confirm": CONFIRM}
+
+
+def best_trial(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The one rule for "the best trial", used everywhere (experiment row, summary, report, export, confirm).
+
+    The highest ``best_val_acc`` (validation only: never the test set); a tie goes to the cheaper trial (fewer
+    ``device_s``), then to the smaller ``trial_id`` so the choice is deterministic. None when no trial reported.
+    """
+    done = [dict(r) for r in rows if r.get("best_val_acc") is not None]
+    if not done:
+        return None
+    return min(done, key=lambda r: (-float(r["best_val_acc"]), float(r.get("device_s") or 0.0), str(r["trial_id"])))
 
 
 def to_table(name: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
@@ -115,40 +153,24 @@ def to_table(name: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def write_atomic(table: pa.Table, path: str | Path) -> Path:
-    """Write ``table`` to ``path`` so that no reader ever sees a partial file under the final name.
-
-    A temporary file in the same folder is written, flushed to disk, read back and checked, then renamed.
-    """
-    path = Path(path)
-    try:
-        with replacing(path) as tmp:
-            with pa.OSFile(str(tmp), "wb") as sink:
-                pq.write_table(table, sink)
-            with builtins.open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            written = pq.read_metadata(tmp)
-            if written.num_rows != table.num_rows or pq.read_schema(tmp).names != table.schema.names:
-                raise ResultsError(f"{path}: the written file does not read back as written")
-    except OSError as exc:
-        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+def write_atomic(table: pa.Table, uri: str | Path) -> str:
+    """Write ``table`` as Parquet to a path or URI so that no reader ever sees a partial file (see storage)."""
+    return storage.write_table(table, uri)
 
 
-def write_search(folder: str | Path, tables: Mapping[str, pa.Table]) -> dict[str, Path]:
-    """Write one search's three tables into its folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return {name: write_atomic(tables[name], folder / FILE_NAMES[name]) for name in TABLES}
+def write_search(folder: str | Path, tables: Mapping[str, pa.Table]) -> dict[str, str]:
+    """Write one search's three tables into its folder (a path, or a URI such as s3://bucket/results/name)."""
+    return {name: write_atomic(tables[name], storage.join(folder, FILE_NAMES[name])) for name in SEARCH_TABLES}
 
 
 @dataclass(frozen=True)
 class ResultSet:
-    """The three tables of a results directory (or of one search folder) as pyarrow datasets."""
+    """The tables of a results directory (or of one search folder) as pyarrow datasets."""
 
     experiments: pads.Dataset
     trials: pads.Dataset
     epochs: pads.Dataset
+    confirm: pads.Dataset  # empty until `tlsearch confirm` ran
 
     def table(self, name: str) -> pads.Dataset:
         if name not in TABLES:
@@ -156,25 +178,30 @@ class ResultSet:
         return getattr(self, name)
 
 
-def files(path: str | Path, name: str) -> list[str]:
-    """The Parquet files of table ``name`` under a results directory or a single search folder."""
-    path = Path(path)
+def files(location: str | Path, name: str) -> list[str]:
+    """The Parquet files of table ``name`` under a results directory or a single search folder (paths in its
+    filesystem: what ``storage.filesystem(location)`` opens)."""
+    _, base = storage.filesystem(location)
     file_name = FILE_NAMES[name]
-    if (path / file_name).is_file():
-        return [str(path / file_name)]
-    return sorted(str(p) for p in path.glob(f"*/{file_name}"))
+    found = storage.list_files(location, recursive=True)
+    own = [i.path for i in found if i.path == f"{base.rstrip('/')}/{file_name}"]
+    if own:
+        return own
+    depth = base.rstrip("/").count("/") + 2  # <location>/<experiment>/<file>
+    return sorted(i.path for i in found if i.base_name == file_name and i.path.count("/") == depth)
 
 
-def open(path: str | Path) -> ResultSet:  # noqa: A001 - mirrors pyarrow.dataset naming: tlsearch.results.open
-    """Open a results directory: every search's tables, read with the explicit schemas."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ResultsError(f"results directory {path} does not exist")
-    found = {name: files(path, name) for name in TABLES}
+def open(location: str | Path) -> ResultSet:  # noqa: A001 - mirrors pyarrow.dataset naming: tlsearch.results.open
+    """Open a results directory (a path or a URI: s3://, gs://): every search's tables, with the explicit schemas."""
+    fs, _ = storage.filesystem(location)
+    if not storage.is_dir(location):
+        raise ResultsError(f"results directory {location} does not exist")
+    found = {name: files(location, name) for name in TABLES}
     if not any(found.values()):
-        raise ResultsError(f"no tlsearch tables under {path}; expected <experiment>/trials.parquet and friends")
+        raise ResultsError(f"no tlsearch tables under {location}; expected <experiment>/trials.parquet and friends")
     try:
-        sets = {name: pads.dataset(found[name], schema=SCHEMAS[name], format="parquet") for name in TABLES}
+        sets = {name: pads.dataset(found[name], schema=SCHEMAS[name], format="parquet", filesystem=fs)
+                for name in TABLES}
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ResultsError(f"cannot read the tables under {path}: {exc}") from None
+        raise ResultsError(f"cannot read the tables under {location}: {exc}") from None
     return ResultSet(**sets)

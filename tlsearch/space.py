@@ -3,7 +3,12 @@
 Define-by-run lets the space be conditional the way the question is: a from-scratch model has nothing
 pretrained to freeze, so a ``scratch`` trial always trains every layer (``freeze_depth`` = 0) and TPE does not
 waste samples on a dimension that means nothing there. The arms (pretrained, scratch) alternate trial by trial;
-TPE searches freeze depth, both learning rates and the data fraction. Fixed dimensions are returned as constants.
+TPE searches freeze depth, both learning rates and the data fraction.
+
+Fair arms: each arm's dimensions are separate Optuna parameters (``scratch.head_lr``, ``pretrained.head_lr``),
+so TPE (univariate, Optuna's default) models each arm from that arm's trials only: scratch's learning rates are
+not drawn from what suited fine-tuning. Every dimension is also returned under its plain name, which is what
+the trial, the tables and the report read.
 """
 
 from __future__ import annotations
@@ -54,14 +59,14 @@ class DefineByRun:
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         constants: dict[str, Any] = {}
+        arm = take_arm(trial, self.space.init, constants)
+        prefix = f"{arm}." if len(self.space.init.values()) > 1 else ""
 
         def take(name: str, param: Param, integer: bool = False) -> Any:
-            value, suggested = suggest(trial, name, param, integer=integer)
-            if not suggested:
-                constants[name] = value
-            return value
+            constants[name], _ = suggest(trial, prefix + name, param, integer=integer)
+            return constants[name]
 
-        if take_arm(trial, self.space.init, constants) == "scratch":
+        if arm == "scratch":
             constants["freeze_depth"] = 0
         else:
             assert self.space.freeze_depth is not None

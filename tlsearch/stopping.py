@@ -9,15 +9,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from tlsearch import storage
 from tlsearch.errors import TLSearchError
 
 
@@ -27,45 +29,57 @@ class TrialTimeout(TLSearchError):
 
 def recorded_results(tune_dir: str) -> Iterator[dict[str, Any]]:
     """Every result line every trial of a Tune experiment wrote, in the order each trial wrote them."""
-    import pyarrow.fs as pafs
-
     try:
-        filesystem, base = pafs.FileSystem.from_uri(tune_dir)
-        infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=True))
-    except (OSError, ValueError):
+        found = [i for i in storage.list_files(tune_dir) if i.base_name == "result.json"]
+    except (OSError, ValueError, TLSearchError):
         return
-    for info in sorted(infos, key=lambda i: i.path):
-        if info.base_name != "result.json":
-            continue
-        with filesystem.open_input_stream(info.path) as stream:
-            for line in stream.read().decode().splitlines():
-                if line.strip():
-                    yield json.loads(line)
+    for info in found:
+        for line in (storage.read_text(storage.child(tune_dir, info.path)) or "").splitlines():
+            if line.strip():
+                yield json.loads(line)
 
 
 class ResumableASHA(ASHAScheduler):
-    """ASHA whose rungs are rebuilt from the recorded per-epoch results when a search resumes."""
+    """ASHA with one bracket per arm, whose rungs are rebuilt from the recorded results when a search resumes.
 
-    def __init__(self, *args: Any, tune_dir: str, **kwargs: Any) -> None:
+    Fair arms: a trial is only ever compared with trials of its own group (by default its ``init``: scratch
+    starts slowly and would lose every early rung to fine-tuning), so each arm is stopped on its own terms.
+    ``group_by`` may add ``data_fraction``. The brackets are ASHA's own, one per group.
+    """
+
+    def __init__(self, *args: Any, tune_dir: str, group_by: Sequence[str] = ("init",), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._tune_dir = tune_dir
+        self._group_by = tuple(group_by)
+        self._empty = copy.deepcopy(self._brackets[0])
+        self._groups: dict[tuple[Any, ...], Any] = {}
         self._seeded = False
         self.seeded_results = 0
+
+    def group_of(self, config: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(config.get(k) for k in self._group_by)
+
+    def bracket_for(self, config: Mapping[str, Any]) -> Any:
+        key = self.group_of(config)
+        if key not in self._groups:
+            self._groups[key] = copy.deepcopy(self._empty)
+        return self._groups[key]
 
     def _seed(self) -> None:
         if self._seeded:
             return
         self._seeded = True
-        bracket = self._brackets[0]
         for result in recorded_results(self._tune_dir):
             if self._time_attr in result and self._metric in result and "trial_id" in result:
                 trial: Any = SimpleNamespace(trial_id=result["trial_id"])  # all a bracket reads of a Trial
+                bracket = self.bracket_for(result.get("config") or {})
                 bracket.on_result(trial, result[self._time_attr], self._metric_op * result[self._metric])
                 self.seeded_results += 1
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         self._seed()
         super().on_trial_add(tune_controller, trial)
+        self._trial_info[trial.trial_id] = self.bracket_for(trial.config or {})
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         self._seed()

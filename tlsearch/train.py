@@ -12,8 +12,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tlsearch import data as data_mod
 from tlsearch import features, models
+from tlsearch.config import DIMENSIONS
 from tlsearch.models import FreezePlan, InputSpec, SourceWeights
 
 
@@ -44,11 +45,12 @@ class TrialSpec:
     devices_per_worker: float
     precision: str = "fp32"
     feature_cache: bool = True
+    evaluate_test: bool = False  # only `tlsearch confirm` evaluates the test set every epoch; a search never does
 
 
 @dataclass(frozen=True)
 class Hyper:
-    """What the searcher chose for one trial."""
+    """What the searcher chose for one trial: one field per name in :data:`tlsearch.config.DIMENSIONS`."""
 
     init: str
     freeze_depth: int
@@ -58,13 +60,8 @@ class Hyper:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Hyper:
-        return cls(
-            init=str(config["init"]),
-            freeze_depth=int(config["freeze_depth"]),
-            head_lr=float(config["head_lr"]),
-            backbone_lr=float(config["backbone_lr"]),
-            data_fraction=float(config["data_fraction"]),
-        )
+        casts = {"string": str, "int32": int, "float64": float}
+        return cls(**{name: casts[kind](config[name]) for name, kind in DIMENSIONS.items()})
 
 
 @dataclass(frozen=True)
@@ -77,6 +74,7 @@ class Payload:
     val: np.ndarray  # validation indices, the same for every trial
     source: SourceWeights | None
     split_seed: int
+    test: np.ndarray | None = None  # held-out test indices: never seen by the search, only by confirm and export
 
 
 def build_model(spec: TrialSpec, hp: Hyper, source: SourceWeights | None) -> tuple[nn.Module, FreezePlan]:
@@ -117,15 +115,17 @@ def subset(payload: Payload, hp: Hyper) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def loaders(
-    train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], spec: TrialSpec
-) -> tuple[DataLoader, DataLoader]:
+    train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], spec: TrialSpec,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """Loaders over in-memory tensors (images or cached features): nothing is decoded per epoch."""
     generator = torch.Generator().manual_seed(spec.seed)
     train_loader = DataLoader(
         TensorDataset(*train), batch_size=spec.batch_size, shuffle=True, generator=generator,
         drop_last=len(train[1]) > spec.batch_size,
     )
-    return train_loader, DataLoader(TensorDataset(*val), batch_size=spec.eval_batch_size)
+    test_loader = DataLoader(TensorDataset(*test), batch_size=spec.eval_batch_size) if test is not None else None
+    return train_loader, DataLoader(TensorDataset(*val), batch_size=spec.eval_batch_size), test_loader
 
 
 @dataclass(frozen=True)
@@ -195,12 +195,18 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Cost:
-    """Cumulative cost of a trial: what the report turns into compute-to-target."""
+    """Cumulative cost of a trial: what the report turns into compute-to-target.
+
+    ``wall_s``/``device_s`` count training and validation; ``startup_s`` (device-seconds from the trial's start to
+    its first training step: process start, imports, model build, data) is kept apart, as are passes shared
+    with other trials (the feature cache), which the tables charge to every trial that uses them.
+    """
 
     wall_s: float = 0.0
     device_s: float = 0.0
     samples_seen: int = 0
     train_flops: float = 0.0
+    startup_s: float = 0.0
 
     def add(self, seconds: float, devices: float, samples: int, flops_per_sample: float) -> None:
         self.wall_s += seconds
@@ -209,15 +215,75 @@ class Cost:
         self.train_flops += flops_per_sample * samples
 
 
+@dataclass
+class Stepper:
+    """What an epoch needs: the network, how inputs are normalised, its optimizer, schedule, loss and precision."""
+
+    net: nn.Module
+    normalize: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    precision: Precision = field(default_factory=Precision)
+    scaler: torch.amp.GradScaler | None = None
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = self.precision.scaler()
+
+    def train(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
+        return train_epoch(self.net, batches, self.normalize, self.optimizer, self.scheduler, self.loss_fn,
+                           self.precision, self.scaler)
+
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+        return evaluate(self.net, batches, self.normalize, self.loss_fn, self.precision)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    samples: int  # seen by this worker
+    val_loss: float
+    val_acc: float
+    seconds: float  # training and validation (a test pass, when asked for, is not counted)
+    test_loss: float | None = None
+    test_acc: float | None = None
+
+
+def fit(
+    stepper: Stepper, train: Iterable[Any], val: Iterable[Any], epochs: Iterable[int], *,
+    test: Iterable[Any] | None = None, before_epoch: Callable[[int], None] | None = None,
+) -> Iterator[EpochResult]:
+    """The one epoch loop (Ray-free): train, validate (and test, when given), yield each epoch's result.
+
+    The Ray Train worker, ``tlsearch pretrain`` and the benchmarks all run this loop.
+    """
+    for epoch in epochs:
+        if before_epoch is not None:
+            before_epoch(epoch)
+        started = time.perf_counter()
+        train_loss, seen = stepper.train(train)
+        val_loss, val_acc = stepper.evaluate(val)
+        seconds = time.perf_counter() - started
+        test_loss, test_acc = stepper.evaluate(test) if test is not None else (None, None)
+        yield EpochResult(epoch, train_loss, seen, val_loss, val_acc, seconds, test_loss, test_acc)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function: build, (resume), train, evaluate and report every epoch."""
     import ray
     import ray.train
     import ray.train.torch
 
-    started = time.perf_counter()
+    process_started = time.perf_counter()
     spec: TrialSpec = config["spec"]
+    if "seed" in config["hp"]:  # a confirmation run repeats a configuration with its own seed
+        spec = replace(spec, seed=int(config["hp"]["seed"]))
     hp = Hyper.from_config(config["hp"])
+    # Start-up is counted from the trial's start (its Tune function), or, for a worker restarted from a
+    # checkpoint, from this process's start.
+    since = float(config.get("started_at") or time.time())
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
     context = ray.train.get_context()
@@ -227,15 +293,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model, plan = build_model(spec, hp, payload.source)
     device = ray.train.torch.get_device()
     inputs = trial_inputs(model.to(device), hp, spec, payload, normalizer(spec.input_spec, device),
-                          config.get("feature_cache"))
+                          config.get("feature_cache"), with_test=spec.evaluate_test)
     steps = spec.max_epochs * max(1, len(inputs.train) // world)
     optimizer, scheduler = make_optimizer(model, plan, hp, spec.weight_decay, steps)
-    cost, first_epoch = Cost(train_flops=inputs.one_off_flops), 1
+    cost, first_epoch = Cost(), 1
     history: list[dict[str, Any]] = []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             cost, first_epoch, history = _restore(folder, model, optimizer, scheduler)
+        since = time.time() - (time.perf_counter() - process_started)
     # A trial restarted by a resumed search gets a fresh result log from Tune (Tune holds no checkpoint of a
     # function trainable, so it restores none of its logs), and Tune may not have logged the last epoch before
     # the driver died: say every checkpointed epoch again, flagged, so the tables keep one row per epoch.
@@ -247,25 +314,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     net = ray.train.torch.prepare_model(inputs.net)
     train_loader = ray.train.torch.prepare_data_loader(inputs.train)
     val_loader = ray.train.torch.prepare_data_loader(inputs.val)
-    precision = Precision(spec.precision, device.type)
-    scaler, loss_fn = precision.scaler(), nn.CrossEntropyLoss()
+    test_loader = ray.train.torch.prepare_data_loader(inputs.test) if inputs.test is not None else None
+    stepper = Stepper(net, inputs.normalize, optimizer, scheduler, precision=Precision(spec.precision, device.type))
     static = {
         "train_size": inputs.train_size, "num_groups": plan.num_groups, "flops_per_sample": inputs.flops_per_sample,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "node_id": ray.get_runtime_context().get_node_id(), "feature_cache": inputs.cache_status,
+        **inputs.shared_pass,
     }
-    for epoch in range(first_epoch, spec.max_epochs + 1):
-        if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
+    devices = world * spec.devices_per_worker
+    # This process's start-up: from the trial's start to here, less the shared passes it ran for other trials.
+    cost.startup_s += max(0.0, time.time() - since - inputs.shared_seconds) * devices
+
+    def before_epoch(epoch: int) -> None:
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # type: ignore[union-attr]
         inject_fault(epoch)
-        train_loss, seen = train_epoch(net, train_loader, inputs.normalize, optimizer, scheduler, loss_fn, precision,
-                                       scaler)
-        val_loss, val_acc = evaluate(net, val_loader, inputs.normalize, loss_fn, precision)
-        now = time.perf_counter()
-        cost.add(now - started, world * spec.devices_per_worker, seen * world, inputs.flops_per_sample)
-        started = now
-        metrics = {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss,
-                   **asdict(cost), **static}
+
+    for result in fit(stepper, train_loader, val_loader, range(first_epoch, spec.max_epochs + 1),
+                      test=test_loader, before_epoch=before_epoch):
+        cost.add(result.seconds, devices, result.samples * world, inputs.flops_per_sample)
+        metrics = {"epoch": result.epoch, "val_acc": result.val_acc, "val_loss": result.val_loss,
+                   "train_loss": result.train_loss, **asdict(cost), **static}
+        if result.test_acc is not None:
+            metrics |= {"test_acc": result.test_acc, "test_loss": result.test_loss}
         history.append(metrics)
         _report(history, model, optimizer, scheduler, cost, context.get_world_rank())
 
@@ -278,30 +351,42 @@ class TrialInputs:
     normalize: Any
     train: DataLoader
     val: DataLoader
+    test: DataLoader | None
     train_size: int
     flops_per_sample: float
-    one_off_flops: float
     cache_status: str  # off | miss | hit
+    passes: tuple[features.Pass, ...] = ()  # shared frozen-part passes its inputs come from
+    shared_seconds: float = 0.0  # seconds this trial spent computing passes (charged to every user instead)
+
+    @property
+    def shared_pass(self) -> dict[str, Any]:
+        """The passes, as reported each epoch; the tables split each one's cost over the trials that used it."""
+        return {"feature_passes": json.dumps([asdict(p) for p in self.passes])} if self.passes else {}
 
 
 def trial_inputs(
-    model: nn.Module, hp: Hyper, spec: TrialSpec, payload: Payload, normalize: Any, cache: Any
+    model: nn.Module, hp: Hyper, spec: TrialSpec, payload: Payload, normalize: Any, cache: Any,
+    with_test: bool = False,
 ) -> TrialInputs:
     """The whole model on images; or, for a linear probe, its classifier on frozen features computed once."""
     train_idx, val_idx = subset(payload, hp)
-    train_y, val_y = payload.labels[train_idx], payload.labels[val_idx]
+    test_idx = torch.from_numpy(payload.test) if with_test and payload.test is not None else None
+    labels = payload.labels
     loss_fn = nn.CrossEntropyLoss()
-    cached = _classifier_features(cache, model, hp, payload, train_idx, val_idx, normalize) if (
-        spec.feature_cache) else None
+    cached = _classifier_features(cache, model, hp, payload, (train_idx, val_idx, test_idx), normalize,
+                                  spec.devices_per_worker) if spec.feature_cache else None
     if cached is None:
         flops, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
-        train, val = loaders((payload.images[train_idx], train_y), (payload.images[val_idx], val_y), spec)
-        return TrialInputs(model, normalize, train, val, len(train_idx), flops, 0.0, "off")
+        sets = [(payload.images[i], labels[i]) if i is not None else None for i in (train_idx, val_idx, test_idx)]
+        train, val, test = loaders(sets[0], sets[1], spec, sets[2])  # type: ignore[arg-type]
+        return TrialInputs(model, normalize, train, val, test, len(train_idx), flops, "off")
     classifier: nn.Module = model.get_classifier()  # type: ignore[operator]
-    train, val = loaders((cached.train, train_y), (cached.val, val_y), spec)
+    test_set = (cached.test, labels[test_idx]) if cached.test is not None and test_idx is not None else None
+    train, val, test = loaders((cached.train, labels[train_idx]), (cached.val, labels[val_idx]), spec, test_set)
     return TrialInputs(
-        classifier, _identity, train, val, len(train_idx), _classifier_flops(classifier, cached.train[:2], loss_fn),
-        cached.forward_flops_per_image * cached.computed_images, "miss" if cached.computed_images else "hit",
+        classifier, _identity, train, val, test, len(train_idx),
+        _classifier_flops(classifier, cached.train[:2], loss_fn), "miss" if cached.computed_images else "hit",
+        cached.passes, sum(p.seconds for p, here in zip(cached.passes, cached.here, strict=True) if here),
     )
 
 
@@ -310,17 +395,24 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 def _classifier_features(
-    cache: Any, model: nn.Module, hp: Hyper, payload: Payload, train_idx: torch.Tensor, val_idx: torch.Tensor,
-    normalize: Any,
+    cache: Any, model: nn.Module, hp: Hyper, payload: Payload,
+    idx: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], normalize: Any, devices: float,
 ) -> features.Features | None:
     """Cached frozen-part outputs for a linear probe, or None when the trial must run the whole model."""
+    train_idx, val_idx, test_idx = idx
     if not features.eligible(model) or not features.matches(model, normalize(payload.images[val_idx[:4]])):
         return None
-    train, computed_train = features.cached(cache, ("train", hp.freeze_depth, hp.data_fraction), model,
-                                            payload.images[train_idx], normalize)
-    val, computed_val = features.cached(cache, ("val", hp.freeze_depth), model, payload.images[val_idx], normalize)
     flops = features.forward_flops_per_image(model, normalize(payload.images[val_idx[:2]]))
-    return features.Features(train, val, computed_train + computed_val, flops)
+    keys = [("train", hp.freeze_depth, hp.data_fraction, payload.split_seed), ("val", hp.freeze_depth)]
+    sets = [train_idx, val_idx]
+    if test_idx is not None:
+        keys.append(("test", hp.freeze_depth))
+        sets.append(test_idx)
+    got = [features.cached(cache, key, model, payload.images[i], normalize, flops, devices)
+           for key, i in zip(keys, sets, strict=True)]
+    computed = sum(len(i) for i, (_, _, here) in zip(sets, got, strict=True) if here)
+    return features.Features(got[0][0], got[1][0], got[2][0] if test_idx is not None else None,
+                   tuple(g[1] for g in got), tuple(g[2] for g in got), computed)
 
 
 def _classifier_flops(classifier: nn.Module, example: torch.Tensor, loss_fn: nn.Module) -> float:

@@ -1,4 +1,4 @@
-"""Pretrain a source model, so the whole transfer pipeline runs offline.
+"""The source model: pretrain one, so the whole transfer pipeline runs offline (`tlsearch pretrain`).
 
 A plain in-process PyTorch loop (the same epoch functions the Ray workers use): train a timm model from scratch
 on the ``source`` half of a dataset and write safetensors plus a JSON sidecar (model, classes, input size,
@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tlsearch import data as data_mod
 from tlsearch import models
 from tlsearch.models import InputSpec
-from tlsearch.train import evaluate, normalizer, train_epoch
+from tlsearch.train import Stepper, fit, normalizer
 
 
 @dataclass(frozen=True)
@@ -60,22 +59,24 @@ def pretrain(
     labels = torch.from_numpy(source.labels)
     pool, val = data_mod.stratified_split(source.labels, 2000, seed)
     model = probe
-    loss_fn = nn.CrossEntropyLoss()
     normalize = normalizer(spec, torch.device("cpu"))
     train_loader = _loader(images, labels, pool, batch_size, shuffle=True, seed=seed)
     val_loader = _loader(images, labels, val, 512, shuffle=False, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(train_loader))
+    stepper = Stepper(model, normalize, optimizer, scheduler)
     val_acc = 0.0
-    for epoch in range(1, epochs + 1):
-        train_loss, _ = train_epoch(model, iter(train_loader), normalize, optimizer, scheduler, loss_fn)
-        _, val_acc = evaluate(model, iter(val_loader), normalize, loss_fn)
-        echo(f"tlsearch: pretrain epoch {epoch}/{epochs}: train_loss {train_loss:.3f}, val_acc {val_acc:.3f}")
+    for result in fit(stepper, train_loader, val_loader, range(1, epochs + 1)):
+        val_acc = result.val_acc
+        echo(f"tlsearch: pretrain epoch {result.epoch}/{epochs}: train_loss {result.train_loss:.3f}, "
+             f"val_acc {val_acc:.3f}")
     wall = time.perf_counter() - started
     sidecar = {
         **request, "num_classes": len(source.classes), "classes": list(source.classes),
         "input": {"in_chans": in_chans, "size": size, "mean": list(mean), "std": list(std)},
         "val_acc": val_acc, "train_images": int(len(pool)), "wall_s": wall,
+        # what the source model cost, in the tables' unit: seconds x the CPUs (torch threads) it held
+        "device_s": wall * torch.get_num_threads(),
     }
     models.save(model, out, sidecar)
     echo(f"tlsearch: wrote {out} and {models.sidecar_path(out).name} ({wall:.0f} s)")

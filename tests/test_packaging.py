@@ -1,0 +1,64 @@
+"""The package's promises about itself: its Python floor, its declared dependencies, one version."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import tlsearch
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_declared_python_floor_is_what_the_code_needs() -> None:
+    floor = PYPROJECT["project"]["requires-python"]
+    assert floor == ">=3.11"
+    # vermin reads the code (syntax, modules such as tomllib, APIs) and names the lowest Python that runs it.
+    vermin = str(Path(sys.executable).with_name("vermin"))
+    found = subprocess.run([vermin, "--no-tips", "--violations", "-t=3.11-", str(ROOT / "tlsearch")],
+                           capture_output=True, text=True)
+    assert found.returncode == 0, found.stdout + found.stderr
+    needed = subprocess.run([vermin, "--no-tips", str(ROOT / "tlsearch")], capture_output=True, text=True).stdout
+    assert "Minimum required versions: 3.11" in needed, needed
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    imported: set[str] = set()
+    for path in (ROOT / "tlsearch").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"tlsearch"}
+    providers = importlib.metadata.packages_distributions()
+    declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    missing = {}
+    for module in sorted(third_party):
+        dists = {d.lower().replace("_", "-") for d in providers.get(module, [module])}
+        if not dists & declared:
+            missing[module] = sorted(dists)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_the_version_is_written_once() -> None:
+    assert PYPROJECT["project"]["dynamic"] == ["version"]
+    assert tlsearch.__version__ == importlib.metadata.version("tlsearch")
+    hits = [p for p in (ROOT / "tlsearch").rglob("*.py") if re.search(r"^__version__ = ", p.read_text(), re.M)]
+    assert [p.name for p in hits] == ["_version.py"]
+
+
+def test_importing_the_package_does_not_import_torch() -> None:
+    code = "import sys, tlsearch, tlsearch.cli, tlsearch.results; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

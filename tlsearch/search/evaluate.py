@@ -1,0 +1,65 @@
+"""After the search, once: the held-out test set scores the checkpoints the search chose.
+
+The test set is never seen while searching (TPE, ASHA, each trial's best epoch and the best trial are chosen on
+validation). Afterwards the best trial, and the best trial of every (init, data_fraction), are scored on it
+with their best-validation checkpoint: ``test_acc`` in the trials table (null elsewhere) and the experiment row.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tlsearch import results, storage
+from tlsearch.search.export import best_checkpoint
+from tlsearch.search.prepare import Plan
+from tlsearch.search.session import Resources
+from tlsearch.train import Hyper, build_model, evaluate, normalizer
+
+
+def chosen_trials(trial_rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best trial and the best of every (init, data_fraction), by :func:`tlsearch.results.best_trial`."""
+    rows = list(trial_rows)
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row.get("init"), row.get("data_fraction")), []).append(row)
+    picked = [results.best_trial(rows), *(results.best_trial(g) for _, g in sorted(groups.items(), key=str))]
+    unique = {p["trial_id"]: p for p in picked if p is not None}
+    return list(unique.values())
+
+
+def score_on_test(plan: Plan, resources: Resources, trial_rows: list[dict[str, Any]]) -> dict[str, tuple]:
+    """(test_acc, test_loss) by trial id for the chosen trials that kept a checkpoint."""
+    if len(plan.test) == 0:
+        return {}
+    spec = plan.trial_spec(resources)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    idx = torch.from_numpy(plan.test)
+    batches = DataLoader(TensorDataset(plan.images[idx], plan.labels[idx]), batch_size=spec.eval_batch_size)
+    scores: dict[str, tuple] = {}
+    for trial in chosen_trials(trial_rows):
+        found = best_checkpoint(plan.ray_storage, trial)
+        if found is None:
+            continue
+        model, _ = build_model(spec, Hyper.from_config(trial), None)
+        model.load_state_dict(_load_weights(storage.join(found[1], "model.safetensors")))
+        loss, acc = evaluate(model.to(device), ((x.to(device), y.to(device)) for x, y in batches),
+                             normalizer(spec.input_spec, device), nn.CrossEntropyLoss())
+        scores[str(trial["trial_id"])] = (acc, loss)
+    return scores
+
+
+def _load_weights(uri: str) -> dict[str, torch.Tensor]:
+    if storage.is_local(uri):
+        return load_safetensors(uri)
+    with tempfile.TemporaryDirectory() as folder:
+        local = str(Path(folder) / "model.safetensors")
+        storage.copy_file(uri, local)
+        return load_safetensors(local)

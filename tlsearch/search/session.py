@@ -1,0 +1,119 @@
+"""Where it runs: the Ray session (a local Ray kept on 127.0.0.1, or a cluster) and what each trial holds.
+
+:func:`plan_resources` turns the cluster's resources into a trial's shape and the trial concurrency, counting
+everything a whole trial holds (its Tune function plus its Train workers) so that no trial waits forever for
+workers another trial's driver is holding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass
+
+from tlsearch.config import SearchConfig
+from tlsearch.errors import ConfigError, TLSearchError
+
+DRIVER_CPU = 0.01  # what a trial's Tune function holds; its Train workers hold the rest of the trial's CPUs
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each trial asks for and how many trials run at once."""
+
+    num_workers: int
+    use_gpu: bool
+    cpus_per_worker: float
+    gpus_per_worker: float
+    threads: int
+    concurrency: int
+
+    @property
+    def devices_per_worker(self) -> float:
+        """What one worker's wall second costs in device-seconds: its GPUs, else its CPUs."""
+        return self.gpus_per_worker if self.use_gpu else self.cpus_per_worker
+
+    def worker_resources(self) -> dict[str, float]:
+        """One Train worker's Ray resources (the trial's Tune function holds DRIVER_CPU of the CPUs)."""
+        per_worker = {"CPU": self.cpus_per_worker - DRIVER_CPU / self.num_workers}
+        if self.use_gpu:
+            per_worker["GPU"] = self.gpus_per_worker
+        return per_worker
+
+
+def plan_resources(config: SearchConfig, cluster: dict[str, float]) -> Resources:
+    """Concurrency from what a whole trial needs, so no trial waits forever for its workers."""
+    gpus = cluster.get("GPU", 0.0)
+    use_gpu = config.use_gpu if config.use_gpu is not None else gpus >= 1
+    trial_gpus = config.num_workers * config.gpus_per_worker
+    if use_gpu and gpus < trial_gpus:
+        raise ConfigError(f"use_gpu with {config.num_workers} worker(s) x {config.gpus_per_worker:g} GPU needs "
+                          f"{trial_gpus:g} GPU(s); the cluster has {gpus:g}")
+    cpus = cluster.get("CPU", 0.0)
+    per_worker = config.cpus_per_worker or 1.0
+    trial_cpus = config.num_workers * per_worker
+    by_cpu = math.floor(cpus / trial_cpus + 1e-9)
+    by_gpu = math.floor(gpus / trial_gpus + 1e-9) if use_gpu else by_cpu
+    fits = min(by_cpu, by_gpu)
+    if fits < 1:
+        raise ConfigError(
+            f"a trial needs {trial_cpus:g} CPU(s) ({config.num_workers} worker(s) x {per_worker:g}); "
+            f"the cluster has {cpus:g}"
+        )
+    concurrency = min(fits, config.trials, config.max_concurrent or fits)
+    return Resources(config.num_workers, use_gpu, per_worker, config.gpus_per_worker, max(1, int(per_worker)),
+                     concurrency)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray bound to 127.0.0.1.
+
+    The dashboard (on 127.0.0.1) is kept on: Ray Train V2 frees each trial's worker placement group through
+    the State API it serves, and without it finished trials keep their CPUs and the next trials never start.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not address or is_loopback_address(address):
+        _stay_on_loopback()
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=log_to_driver)
+        else:
+            ray.init(
+                num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                _node_ip_address="127.0.0.1", log_to_driver=log_to_driver,
+            )
+    except (ConnectionError, TimeoutError, ValueError) as exc:
+        raise TLSearchError(f"cannot reach Ray at {address or 'a new local instance'}: {exc}") from None
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not after Ray's minutes of retries, when nothing listens at ``address``."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit():
+        raise TLSearchError(f"Ray address {address!r} has no port; expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise TLSearchError(f"cannot reach Ray at {address}: {exc.strerror or exc}") from None
+
+
+def is_loopback_address(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _stay_on_loopback() -> None:
+    """Keep Ray on 127.0.0.1: by default it swaps a loopback address for the machine's routable one.
+
+    The switch is read when ray is imported, so it is set for the processes Ray starts and for this one.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
