@@ -1,4 +1,4 @@
-"""``tlsearch query`` and its WHERE parser: every flag through the CLI, and clear errors (exit code 2)."""
+"""``tlsearch query``: SQL through DuckDB, the shorthands built on it, clear errors (exit code 2)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import factories
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from tlsearch import results
 from tlsearch.cli import cli
-from tlsearch.query import QueryError, parse_where, run_query, tokenize
+from tlsearch.query import QueryError, build_sql, run_sql
 
 # trial_id, init, freeze_depth, data_fraction, status, best_val_acc, device_s, error
 ROWS = [
@@ -30,31 +31,13 @@ def write(folder: Path) -> None:
     name = folder.name
     trials, epochs = [], []
     for tid, init, depth, fraction, status, acc, cost, error in ROWS:
-        hp = {"init": init, "freeze_depth": depth, "head_lr": 1e-3, "backbone_lr": 1e-4, "data_fraction": fraction}
-        trials.append(
-            {
-                "experiment": name,
-                "trial_id": tid,
-                "status": status,
-                **hp,
-                "best_val_acc": acc,
-                "device_s": cost,
-                "error": error,
-            }
-        )
-        epochs += [
-            {"experiment": name, "trial_id": tid, **hp, "epoch": e, "val_acc": acc, "device_s": cost * e}
-            for e in (1, 2)
-        ]
-    experiment = {"experiment": name, "created_at": dt.datetime(2025, 2, 1, tzinfo=dt.UTC), "max_epochs": 2}
-    results.write_search(
-        folder,
-        {
-            "experiments": results.to_table("experiments", [experiment]),
-            "trials": results.to_table("trials", trials),
-            "epochs": results.to_table("epochs", epochs),
-        },
-    )
+        trial = factories.trial_row(tid, name, status=status, init=init, freeze_depth=depth, data_fraction=fraction,
+                                    best_val_acc=acc, device_s=cost, error=error)
+        trials.append(trial)
+        epochs += [{**row, "val_acc": acc, "device_s": cost * row["epoch"]}
+                   for row in factories.curve_rows(trial, [0.0, 0.0])]
+    experiment = factories.experiment_row(name, created_at=dt.datetime(2025, 2, 1, tzinfo=dt.UTC))
+    factories.write_search(folder, experiment, trials, epochs)
 
 
 @pytest.fixture
@@ -68,7 +51,7 @@ def invoke(*args: str) -> Result:
 
 
 def ids(rdir: Path, where: str, sort: str = "trial_id") -> list[str]:
-    return run_query(rdir, where=where, columns="trial_id", sort=sort)["trial_id"].to_pylist()
+    return run_sql(rdir, build_sql("trials", where, "trial_id", sort))["trial_id"].to_pylist()
 
 
 def test_where_from_the_issue(rdir: Path) -> None:
@@ -105,50 +88,34 @@ def test_where_expressions(rdir: Path, where: str, expected: list[str]) -> None:
     assert ids(rdir, where) == expected
 
 
-def test_timestamps_and_booleans(rdir: Path) -> None:
-    got = run_query(rdir, "experiments", where="created_at >= '2025-01-31' and created_at < '2025-02-02T00:00:00'")
-    assert got.num_rows == 1
-    with pytest.raises(QueryError, match=r"cannot compare column 'init' \(string\) with True"):
-        parse_where("init = true", results.TRIALS)
+def test_sql_over_every_table_as_the_issue_asks(rdir: Path) -> None:
+    got = run_sql(rdir, "SELECT init, data_fraction, max(best_val_acc) AS best FROM trials GROUP BY ALL "
+                        "ORDER BY init, data_fraction")
+    assert got.to_pylist()[:2] == [{"init": "pretrained", "data_fraction": 0.05, "best": 0.91},
+                                   {"init": "pretrained", "data_fraction": 0.1, "best": 0.88}]
+    joined = run_sql(rdir, "SELECT t.trial_id, max(e.epoch) AS last FROM trials t JOIN epochs e USING (trial_id) "
+                           "GROUP BY ALL ORDER BY 1")
+    assert joined.num_rows == 6 and set(joined["last"].to_pylist()) == {2}
+    stamps = run_sql(rdir, "SELECT count(*) AS n FROM experiments WHERE created_at >= '2025-01-31'")
+    assert stamps["n"].to_pylist() == [1]
+    assert run_sql(rdir, "SELECT count(*) AS n FROM confirm")["n"].to_pylist() == [0]
 
 
-def test_tokenizer_keeps_quotes_and_numbers() -> None:
-    kinds = [(t.kind, t.value) for t in tokenize("a >= -1.5e2 and b in ('x''y')")]
-    assert kinds == [
-        ("ident", "a"),
-        ("op", ">="),
-        ("number", -150.0),
-        ("keyword", "and"),
-        ("ident", "b"),
-        ("keyword", "in"),
-        ("lparen", "("),
-        ("string", "x'y"),
-        ("rparen", ")"),
-        ("end", None),
-    ]
+def test_queries_cannot_touch_files(rdir: Path, tmp_path: Path) -> None:
+    with pytest.raises(QueryError, match="disabled"):
+        run_sql(rdir, f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'")
+    assert not (tmp_path / "x.csv").exists()
 
 
-@pytest.mark.parametrize(
-    ("where", "message"),
-    [
-        ("colour = 'red'", "unknown column 'colour' in WHERE; valid columns: experiment, trial_id, status"),
-        ("init = ", "expected a column name or a literal"),
-        ("init = 'x' and", "expected a column name or a literal"),
-        ("(init = 'x'", r"expected '\)'"),
-        ("init 'x'", "expected a comparison"),
-        ("init = 'x' init", "expected AND, OR or the end"),
-        ("init = 'x; drop", "unexpected"),
-        ("__import__('os')", "unknown column '__import__'"),
-        ("1 = 1", "needs at least one column"),
-        ("init = null", r"write 'init is \[not\] null'"),
-        ("data_fraction > 'a'", r"cannot compare column 'data_fraction' \(double\) with 'a'"),
-        ("init > freeze_depth", r"cannot compare column 'init' \(string\) with column 'freeze_depth'"),
-        ("", "empty WHERE expression"),
-    ],
-)
-def test_bad_expressions_raise(where: str, message: str) -> None:
-    with pytest.raises(QueryError, match=message):
-        parse_where(where, results.TRIALS)
+def test_default_columns_fit_a_terminal_and_all_shows_every_one(rdir: Path) -> None:
+    default = run_sql(rdir, build_sql("trials"))
+    assert default.column_names == ["trial_id", "status", "init", "freeze_depth", "head_lr", "backbone_lr",
+                                    "data_fraction", "epochs", "best_val_acc", "test_acc", "device_s"]
+    assert run_sql(rdir, build_sql("trials", columns="all")).column_names == results.TRIALS.names
+    for table in results.TABLES:
+        assert len(run_sql(rdir, build_sql(table)).column_names) <= 11
+    res = invoke(str(rdir), "--sort", "trial_id")
+    assert max(len(line) for line in res.output.splitlines()) <= 160
 
 
 def test_cli_default_table_format(rdir: Path) -> None:
@@ -202,10 +169,11 @@ def test_cli_limit(rdir: Path) -> None:
 
 def test_cli_out_and_formats(rdir: Path, tmp_path: Path) -> None:
     out = tmp_path / "sel.parquet"
-    res = invoke(str(rdir), "--where", "status = 'completed'", "--format", "parquet", "--out", str(out))
+    res = invoke(str(rdir), "--where", "status = 'completed'", "--columns", "all", "--format", "parquet",
+                 "--out", str(out))
     assert res.exit_code == 0
     table = pq.read_table(out)
-    assert table.schema == results.TRIALS
+    assert table.schema.names == results.TRIALS.names
     assert sorted(table["trial_id"].to_pylist()) == ["t1", "t2", "t5"]
     csv_out = tmp_path / "sel.csv"
     res = invoke(
@@ -256,21 +224,37 @@ def _exit2(res: Result, *needles: str) -> None:
         assert needle in res.output
 
 
-def test_cli_bad_expression_exits_2(rdir: Path) -> None:
-    _exit2(invoke(str(rdir), "--where", "init = = 'x'"), "cannot parse WHERE", "expected a column name")
+def test_cli_bad_sql_exits_2_naming_the_tables_and_columns(rdir: Path) -> None:
+    _exit2(invoke(str(rdir), "--where", "init = = 'x'"), "Parser Error", "trials(experiment, trial_id, status")
+    _exit2(invoke(str(rdir), "SELEC 1"), "syntax error", "epochs(experiment, trial_id")
+    _exit2(invoke(str(rdir), "SELECT acc FROM trials"), '"acc" not found', "best_val_acc")
+    _exit2(invoke(str(rdir), "SELECT 1", "--where", "true"), "either SQL or the shorthands")
 
 
 def test_cli_unknown_column_exits_2_naming_the_valid_columns(rdir: Path) -> None:
     valid = ", ".join(results.TRIALS.names)
-    _exit2(invoke(str(rdir), "--where", "acc > 0.5"), "unknown column 'acc'", valid)
-    _exit2(invoke(str(rdir), "--columns", "trial_id,acc"), "unknown column(s) acc in --columns", valid)
-    _exit2(invoke(str(rdir), "--sort", "acc:desc"), "unknown column 'acc' in --sort", valid)
-    epochs_valid = ", ".join(results.EPOCHS.names)
-    _exit2(invoke(str(rdir), "--table", "epochs", "--where", "status = 'x'"), epochs_valid)
+    _exit2(invoke(str(rdir), "--columns", "trial_id,acc"), "unknown column 'acc' in trials", valid)
+    _exit2(invoke(str(rdir), "--sort", "acc:desc"), "unknown column 'acc' in trials", valid)
 
 
 def test_cli_other_bad_input_exits_2(rdir: Path, tmp_path: Path) -> None:
-    _exit2(invoke(str(rdir), "--sort", "device_s:down"), "must be asc or desc, got 'down'")
+    _exit2(invoke(str(rdir), "--sort", "device_s:down"), "direction must be asc or desc")
     _exit2(invoke(str(rdir), "--format", "parquet"), "--format parquet needs --out FILE")
     _exit2(invoke(str(tmp_path / "nowhere")), "does not exist")
-    assert invoke(str(rdir), "--format", "xml").exit_code == 2
+    assert CliRunner().invoke(cli, ["query", str(rdir), "--format", "xml"]).exit_code == 2
+    assert not list(tmp_path.glob("*.parquet"))
+
+
+def test_query_a_copy_behind_an_s3_uri(rdir: Path, s3_uri: str, tmp_path: Path) -> None:
+    from tlsearch import storage
+
+    remote = storage.join(s3_uri, "copy")
+    storage.upload_dir(rdir, remote)
+    sql = "SELECT init, data_fraction, max(best_val_acc) AS best FROM trials GROUP BY ALL ORDER BY 1, 2"
+    assert run_sql(remote, sql) == run_sql(rdir, sql)
+    res = invoke(remote, sql, "--format", "json")
+    assert json.loads(res.output)[0] == {"init": "pretrained", "data_fraction": 0.05, "best": 0.91}
+    out = storage.join(remote, "sel.csv")
+    assert invoke(remote, "--columns", "trial_id", "--where", "device_s > 50", "--format", "csv",
+                  "--out", out).exit_code == 0
+    assert storage.read_text(out) == '"trial_id"\n"t5"\n'

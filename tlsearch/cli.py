@@ -139,25 +139,34 @@ def pretrain(dataset: str, model: str, out: str, **options: Any) -> None:
 
 
 @cli.command()
-@click.argument("results_dir", type=click.Path(file_okay=False))
-@click.option("--table", "table_name", type=click.Choice(["trials", "epochs", "experiments"]),
-              default="trials", show_default=True, help="Which table to read.")
+@click.argument("results_dir")
+@click.argument("sql", required=False)
+@click.option("--table", "table_name", type=click.Choice(["trials", "epochs", "experiments", "confirm"]),
+              default="trials", show_default=True, help="Which table the shorthands read.")
 @click.option("--where", help="Filter, e.g. \"init = 'pretrained' and data_fraction <= 0.1\".")
-@click.option("--columns", help="Columns to show, comma separated (default: all).")
+@click.option("--columns", help="Columns, comma separated, or 'all' (default: the ten or so that matter).")
 @click.option("--sort", "sort_keys", multiple=True, help="col[:asc|desc]; repeat it or comma separate.")
 @click.option("--limit", type=click.IntRange(min=0), help="At most N rows.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
               show_default=True, help="Output format (parquet needs --out).")
-@click.option("--out", type=click.Path(dir_okay=False), help="Write to FILE instead of the terminal.")
+@click.option("--out", help="Write to FILE (a path or s3:// / gs:// URI) instead of the terminal.")
 @domain_errors
 def query(
-    results_dir: str, table_name: str, where: str | None, columns: str | None, sort_keys: tuple[str, ...],
-    limit: int | None, fmt: str, out: str | None,
+    results_dir: str, sql: str | None, table_name: str, where: str | None, columns: str | None,
+    sort_keys: tuple[str, ...], limit: int | None, fmt: str, out: str | None,
 ) -> None:
-    """Filter, sort and export one of the Parquet tables under RESULTS_DIR."""
+    """SQL over the tables under RESULTS_DIR (a path or URI), run by DuckDB on the Arrow datasets.
+
+    The tables are experiments, trials, epochs and confirm, e.g.
+    tlsearch query results "SELECT init, data_fraction, max(best_val_acc) FROM trials GROUP BY ALL".
+    Without SQL, --table/--where/--columns/--sort/--limit build the SELECT.
+    """
     from tlsearch import query as query_mod
 
-    data = query_mod.run_query(results_dir, table_name, where, columns, sort_keys, limit)
+    if sql is not None and (where or columns or sort_keys or limit is not None):
+        raise InputError("give either SQL or the shorthands --where/--columns/--sort/--limit, not both")
+    statement = sql if sql is not None else query_mod.build_sql(table_name, where, columns, sort_keys, limit)
+    data = query_mod.run_sql(results_dir, statement)
     text = query_mod.write_output(data, fmt, out)
     if text is not None:
         click.echo(text, nl=False)
