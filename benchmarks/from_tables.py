@@ -25,13 +25,11 @@ import argparse
 import json
 import statistics
 import sys
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from _common import append_result, median, table
 
-from tlsearch import cluster, report
+from tlsearch import report, storage
 from tlsearch.errors import TLSearchError
 
 GOAL = 1.2
@@ -84,7 +82,8 @@ def overhead(exp: report.Experiment, results_dir: str) -> tuple[float, list[str]
             "first-step warm-up; it is inside trials.wall_s, so not part of the overhead above)"
         )
 
-    folder = None if cluster.is_remote(results_dir) else report.report_folder(results_dir, exp.name).parent
+    folder = (None if not storage.is_local(results_dir)
+              else Path(report.report_folder(results_dir, exp.name)).parent)
     tune = tune_times(folder, [t["trial_id"] for t in exp.trials]) if folder is not None else {}
     if not tune:
         lines.append("Tune's per-trial times: not found (no _ray/tune/run_trial_*/result.json beside the tables)")
@@ -120,48 +119,16 @@ def overhead(exp: report.Experiment, results_dir: str) -> tuple[float, list[str]
     return ratio, lines, short
 
 
-def _sub(exp: report.Experiment, fraction: float) -> report.Experiment:
-    trials = [t for t in exp.trials if t["data_fraction"] == fraction]
-    epochs = [r for r in exp.epochs if r["data_fraction"] == fraction]
-    return replace(exp, trials=trials, epochs=epochs)
-
-
-def _target_rows(rows: list[report.TargetRow]) -> list[list[Any]]:
-    return [[report.fraction_label(r.data_fraction), report.hit_text(r.pretrained), report.hit_text(r.scratch),
-             report.ratio_text(r.device_ratio, r.pretrained, r.scratch),
-             report.ratio_text(r.flops_ratio, r.pretrained, r.scratch)] for r in rows]
-
-
 def transfer(exp: report.Experiment, target_acc: float | None) -> tuple[list[str], str]:
+    """Compute to target per data fraction, from the search (unconfirmed; ``tlsearch report`` has the rest)."""
     built = report.build_report(exp, target_acc)
-    header = ["data fraction", "pretrained", "scratch", "scratch/pretrained device-s", "FLOPs ratio"]
-    needed = built.data_needed
-    lines = [
-        f"target val_acc {report.pct(built.target)} ({built.target_how})",
-        table(header, _target_rows(built.to_target)),
-        f"smallest data fraction reaching it: pretrained {needed['pretrained']}, scratch {needed['scratch']}",
-        "",
-        "target per data fraction = the best val_acc scratch reached at that fraction:",
-    ]
-    per_fraction, short = [], []
-    for fraction in sorted({t["data_fraction"] for t in exp.trials if t["data_fraction"] is not None}):
-        sub = _sub(exp, fraction)
-        try:
-            target, _ = report.default_target(sub)
-        except report.ReportError:
-            continue
-        row = report.compute_to_target(sub, target)[0]
-        per_fraction.append([f"{fraction:g} (target {report.pct(target)})", *_target_rows([row])[0][1:]])
-        short.append(f"{fraction:g}: {report.ratio_text(row.device_ratio, row.pretrained, row.scratch)} "
-                     f"at {report.pct(target)}")
-    lines.append(table(header, per_fraction))
-    overall = ", ".join(
-        f"{report.fraction_label(r.data_fraction)}: {report.ratio_text(r.device_ratio, r.pretrained, r.scratch)}"
-        for r in built.to_target
-    )
-    text = (f"to {report.pct(built.target)}: {overall}; to scratch's best per fraction (scratch/pretrained "
-            f"device-s): {'; '.join(short)}")
-    return lines, text
+    header = ["data fraction (target)", "pretrained", "scratch", "scratch/pretrained compute", "FLOPs ratio"]
+    rows = [[f"{r.data_fraction:g} ({report.pct(r.target)})", report.hit_text(r.pretrained),
+             report.hit_text(r.scratch), report.ratio_text(r.device_ratio, r.pretrained, r.scratch),
+             report.ratio_text(r.flops_ratio, r.pretrained, r.scratch)] for r in built.to_target]
+    short = "; ".join(f"{r.data_fraction:g}: {report.ratio_text(r.device_ratio, r.pretrained, r.scratch)} at "
+                      f"{report.pct(r.target)}" for r in built.to_target)
+    return [table(header, rows)], f"compute to target per fraction (scratch/pretrained, unconfirmed): {short}"
 
 
 def main(argv: list[str] | None = None) -> int:

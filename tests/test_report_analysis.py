@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import factories
 import pyarrow as pa
 import pytest
-from click.testing import CliRunner
 
 from tlsearch import report, results
-from tlsearch.cli import cli
 
 # trial: (init, freeze_depth, data_fraction, status, val_acc per epoch, device_s per epoch, train_flops per epoch)
 TRIALS = {
@@ -95,26 +94,33 @@ def test_newest_experiment_is_the_default(results_dir: Path) -> None:
         report.load_experiment(results_dir, "nope")
 
 
-def test_compute_to_target_with_the_default_target(results_dir: Path) -> None:
+def test_compute_to_target_is_per_fraction_against_scratchs_best_there(results_dir: Path) -> None:
     rep = build(results_dir)
-    assert rep.target == 0.80  # the best scratch val_acc (s2, epoch 4)
     rows = {row.data_fraction: row for row in rep.to_target}
-    assert list(rows) == [0.1, 1.0, None]
-    # fraction 0.1: p1 first reaches 0.80 at epoch 3 (30 device-s, 9e9 FLOPs); s1 never does
-    assert rows[0.1].pretrained == report.Hit(30.0, 9e9, "p1", 3)
-    assert rows[0.1].scratch == report.Hit()
-    assert rows[0.1].device_ratio is None
-    assert report.ratio_text(rows[0.1].device_ratio, rows[0.1].pretrained, rows[0.1].scratch) == "scratch not reached"
-    # fraction 1.0: p2 at epoch 2 (100, 8e9); s2 at epoch 4 (240, 24e9); e1 and s3 never
+    assert list(rows) == [0.1, 1.0]  # never a row across fractions
+    # 0.1: scratch's best there is 0.40 (s1, epoch 2: 24 device-s); p1 passes it at epoch 1 (10, 3e9)
+    assert rows[0.1].target == 0.40
+    assert rows[0.1].pretrained == report.Hit(10.0, 3e9, "p1", 1)
+    assert rows[0.1].scratch == report.Hit(24.0, 2.4e9, "s1", 2)
+    assert rows[0.1].device_ratio == 2.4
+    # 1.0: scratch's best is 0.80 (s2, epoch 4: 240, 24e9); p2 at epoch 2 (100, 8e9); e1 and s3 never
+    assert rows[1.0].target == 0.80
     assert rows[1.0].pretrained == report.Hit(100.0, 8e9, "p2", 2)
     assert rows[1.0].scratch == report.Hit(240.0, 24e9, "s2", 4)
-    assert rows[1.0].device_ratio == 2.4
-    assert rows[1.0].flops_ratio == 3.0
-    # all fractions: least device-s from p1 (30), least FLOPs from p2 (8e9), taken independently
-    assert rows[None].pretrained == report.Hit(30.0, 8e9, "p1", 3)
-    assert rows[None].device_ratio == 8.0
-    assert rows[None].flops_ratio == 3.0
-    assert rep.data_needed == {"pretrained": 0.1, "scratch": 1.0}
+    assert (rows[1.0].device_ratio, rows[1.0].flops_ratio) == (2.4, 3.0)
+    assert rep.unconfirmed and rep.confirmed == []
+
+
+def test_compute_counts_start_up_and_shared_passes(tmp_path: Path) -> None:
+    trial = factories.trial_row("p", init="pretrained", startup_s=7.0, shared_device_s=3.0)
+    scratch = factories.trial_row("s", init="scratch", startup_s=7.0, shared_device_s=0.0)
+    epochs = factories.curve_rows(trial, [0.9, 0.95]) + factories.curve_rows(scratch, [0.5, 0.9])
+    factories.write_search(tmp_path / "exp", factories.experiment_row(source_device_s=50.0), [trial, scratch],
+                           epochs)
+    rep = build(tmp_path)
+    row = rep.to_target[0]
+    assert row.pretrained.device_s == 5.0 + 7.0 + 3.0 and row.scratch.device_s == 10.0 + 7.0
+    assert rep.costs == report.analysis.Costs(training_s=20.0, startup_s=14.0, shared_s=3.0, source_s=50.0)
 
 
 def test_compute_to_target_with_a_given_target(results_dir: Path) -> None:
@@ -123,7 +129,6 @@ def test_compute_to_target_with_a_given_target(results_dir: Path) -> None:
     assert rows[0.1].pretrained == report.Hit() and rows[0.1].scratch == report.Hit()
     assert rows[1.0].pretrained == report.Hit(100.0, 8e9, "p2", 2)
     assert rows[1.0].scratch == report.Hit()
-    assert rep.data_needed == {"pretrained": 1.0, "scratch": None}
     with pytest.raises(report.ReportError, match="got 85; did you mean 0.85"):
         build(results_dir, 85)
 
@@ -132,94 +137,58 @@ def test_best_accuracy_groups_and_pareto(results_dir: Path) -> None:
     rep = build(results_dir)
     assert rep.best is not None and rep.best["trial_id"] == "p2" and rep.best["best_val_acc"] == 0.90
     assert [(g.init, g.key, g.best_val_acc, g.trials) for g in rep.by_freeze] == [
-        ("pretrained", 0, 0.90, 1),
-        ("pretrained", 2, 0.82, 1),
-        ("pretrained", 3, 0.50, 1),
-        ("scratch", 0, 0.80, 2),
-        ("scratch", 1, 0.35, 1),
-    ]
+        ("pretrained", 0, 0.90, 1), ("pretrained", 2, 0.82, 1), ("pretrained", 3, 0.50, 1),
+        ("scratch", 0, 0.80, 2), ("scratch", 1, 0.35, 1)]
     assert [(g.init, g.key, g.best_val_acc, g.trials) for g in rep.by_fraction] == [
-        ("pretrained", 0.1, 0.82, 1),
-        ("pretrained", 1.0, 0.90, 2),
-        ("scratch", 0.1, 0.40, 1),
-        ("scratch", 1.0, 0.80, 2),
-    ]
+        ("pretrained", 0.1, 0.82, 1), ("pretrained", 1.0, 0.90, 2), ("scratch", 0.1, 0.40, 1),
+        ("scratch", 1.0, 0.80, 2)]
     assert [(p.trial_id, p.device_s, p.val_acc) for p in rep.front] == [
-        ("e1", 5.0, 0.50),
-        ("p1", 40.0, 0.82),
-        ("p2", 200.0, 0.90),
-    ]
+        ("e1", 5.0, 0.50), ("p1", 40.0, 0.82), ("p2", 200.0, 0.90)]
     assert [t["trial_id"] for t in rep.top] == ["p2", "p1", "s2", "e1", "s1"]
 
 
-def test_asha_savings_extrapolate_stopped_trials_only(results_dir: Path) -> None:
+def test_asha_savings_use_the_steady_per_epoch_cost(results_dir: Path) -> None:
     s = build(results_dir).savings
-    # stopped: s1 24 device-s at epoch 2 -> 48; s3 55 at epoch 1 -> 220; the error trial e1 counts its 5
+    # s1 stopped at epoch 2 after 12 + 12: steady 12 -> 24 + 2 x 12 = 48. s3 stopped at epoch 1 has no steady
+    # epoch: the median of scratch at fraction 1.0 (s2: 60 per epoch) -> 55 + 3 x 60 = 235. Others: as spent.
     assert {t.trial_id: t.full_device_s for t in s.trials} == {
-        "p1": 40.0,
-        "s1": 48.0,
-        "p2": 200.0,
-        "s2": 240.0,
-        "s3": 220.0,
-        "e1": 5.0,
-    }
-    assert s.spent_device_s == 564.0
-    assert s.full_device_s == 753.0
-    assert s.saved_device_s == 189.0
-    assert s.saved_share == 189.0 / 753.0
-    assert s.spent_train_flops == pytest.approx(60.4e9, rel=1e-12)
-    assert s.full_train_flops == pytest.approx(79.3e9, rel=1e-12)
+        "p1": 40.0, "s1": 48.0, "p2": 200.0, "s2": 240.0, "s3": 235.0, "e1": 5.0}
+    assert (s.spent_device_s, s.full_device_s, s.saved_device_s) == (564.0, 768.0, 204.0)
+    assert s.confirmed_full_s is None
 
 
-def test_write_report_files_and_headline(results_dir: Path) -> None:
-    out = report.write_report(results_dir)
-    assert out.folder == results_dir / "new" / "report"
-    assert len(out.plots) == 6
-    for png in out.plots:
-        data = png.read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
-    md = out.markdown.read_text()
-    for needle in (
-        "## Compute to target",
-        "| 1 | 100.0 device-s, 8e+09 FLOPs (trial p2, epoch 2) | 240.0 device-s, "
-        "2.4e+10 FLOPs (trial s2, epoch 4) | 2.4x | 3x |",
-        "| 0.1 | 30.0 device-s",
-        "not reached",
-        "| spent | 564.0 |",
-        "| saved | 189.0 (25.1%) |",
-        "extrapolated linearly",
-        "How:",
-        "![Pareto front](pareto.png)",
-    ):
-        assert needle in md, needle
-    text = "\n".join(out.lines)
-    assert "best: trial p2: pretrained, freeze_depth 0" in text
-    assert "target val_acc 80.00% (default: the best val_acc any scratch trial reached)" in text
-    assert (
-        "data_fraction 1: pretrained reached 80.00% with 2.4 times less compute (100.0 vs 240.0 device-s, "
-        "3x fewer FLOPs)"
-    ) in text
-    assert "data_fraction 0.1: pretrained reached 80.00% in 30.0 device-s; scratch: not reached" in text
-    assert "any data fraction: pretrained reached 80.00% with 8 times less compute" in text
-    assert "least labelled data to reach the target: pretrained data_fraction 0.1, scratch data_fraction 1" in text
-    assert "saved 189.0 (25.1%)" in text
+def test_the_first_epochs_one_off_work_does_not_inflate_the_estimate() -> None:
+    curve = [{"device_s": 30.0}, {"device_s": 35.0}, {"device_s": 40.0}]  # 25 s of set-up in epoch 1
+    assert report.analysis.steady_epoch_cost(curve) == 5.0
+    assert report.analysis.steady_epoch_cost(curve[:1]) is None
 
 
-def test_cli_report(results_dir: Path) -> None:
-    res = CliRunner().invoke(
-        cli, ["report", str(results_dir), "--experiment", "old", "--target-acc", "0.55"], catch_exceptions=False
-    )
-    assert res.exit_code == 0, res.output
-    assert "experiment old: 1 trials" in res.output
-    assert "scratch reached 55.00% in 2.0 device-s; pretrained: not reached" in res.output
-    assert (results_dir / "old" / "report" / "report.md").is_file()
-    assert not (results_dir / "new" / "report").exists()
-    bad = CliRunner().invoke(cli, ["report", str(results_dir), "--experiment", "nope"], catch_exceptions=False)
-    assert bad.exit_code == 2 and "no experiment 'nope'; valid: new, old" in bad.output
+def _confirm_rows(tmp_path: Path, scratch_cost: float, pretrained_cost: float) -> Path:
+    rows = []
+    for r, noise in enumerate((0.9, 1.0, 1.1)):
+        rows += factories.confirm_rows("exp", "pretrained", 0.1, r, [0.80, 0.90, 0.92], [0.79, 0.88, 0.90],
+                                       pretrained_cost * noise)
+        rows += factories.confirm_rows("exp", "scratch", 0.1, r, [0.50, 0.70, 0.80 + r / 100], [0.5, 0.7, 0.8],
+                                       scratch_cost * noise)
+    trial = factories.trial_row("t1")
+    factories.write_search(tmp_path / "exp", factories.experiment_row(max_epochs=3), [trial],
+                           factories.curve_rows(trial, [0.5, 0.6]), confirm=rows)
+    return tmp_path
 
 
-def test_summary_still_works(results_dir: Path) -> None:
-    trials = results.open(results_dir).trials.to_table(filter=pa.compute.field("experiment") == "new")
-    lines = report.summary(trials)
-    assert lines[0] == "trials: 6 (3 completed, 2 stopped, 1 error)"
-    assert lines[1].startswith("best: trial p2 val_acc 0.9000 at epoch 4")
+def test_confirmed_runs_give_intervals_a_ratio_and_a_verdict(tmp_path: Path) -> None:
+    rep = build(_confirm_rows(tmp_path, scratch_cost=30.0, pretrained_cost=10.0))
+    (row,) = rep.confirmed
+    # target: scratch's mean best val_acc = (0.80 + 0.81 + 0.82) / 3 = 0.81
+    assert row.target == pytest.approx(0.81) and row.target_how == "scratch's mean best val_acc"
+    # pretrained passes 0.81 at epoch 2 (paid 2 x cost + 1 start-up), scratch at its epoch 3 (only r1, r2 do)
+    assert sorted(row.pretrained.to_target) == pytest.approx([19.0, 21.0, 23.0])
+    assert sorted(row.scratch.to_target) == pytest.approx([91.0, 100.0])
+    assert row.pretrained.test_acc is not None and row.pretrained.test_acc.value == pytest.approx(0.90)
+    assert row.ratio is not None and row.ratio.low is not None and row.ratio.low > 1 and row.verdict == "saves"
+    assert not rep.unconfirmed
+
+
+def test_scratch_that_never_reaches_the_target_is_said_so(tmp_path: Path) -> None:
+    rep = build(_confirm_rows(tmp_path, scratch_cost=30.0, pretrained_cost=10.0), 0.85)
+    assert rep.confirmed[0].verdict == "scratch never reached"

@@ -1,0 +1,253 @@
+"""The report as text: the lines printed at the end of ``tlsearch run`` and ``tlsearch report``, and report.md."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tlsearch import results
+from tlsearch.report.analysis import ARMS, TOP_CURVES, ConfirmedFraction, Experiment, Hit, Report, TargetRow
+
+UNCONFIRMED = "from the search, unconfirmed"
+
+
+def pct(value: float | None) -> str:
+    return f"{value * 100:.2f}%" if value is not None else "--"
+
+
+def num(value: Any, spec: str = ".3g") -> str:
+    return "--" if value is None else format(value, spec)
+
+
+# ---------------------------------------------------------------------------------- summary (tlsearch run)
+def summary(trials: pa.Table) -> list[str]:
+    """Lines for the end of ``tlsearch run``: the best trial, then pretrained vs scratch per data fraction."""
+    statuses = pc.value_counts(trials["status"]).to_pylist()
+    counts = ", ".join(f"{s['counts']} {s['values']}" for s in statuses)
+    lines = [f"trials: {trials.num_rows} ({counts})"]
+    rows = trials.to_pylist()
+    best = results.best_trial(rows)
+    if best is None:
+        return [*lines, "no trial reported a result"]
+    test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ""
+    lines.append(
+        f"best: trial {best['trial_id']} val_acc {best['best_val_acc']:.4f}{test} at epoch {best['best_epoch']} "
+        f"({best['init']}, freeze_depth {best['freeze_depth']}, head_lr {best['head_lr']:.2e}, "
+        f"backbone_lr {best['backbone_lr']:.2e}, data_fraction {best['data_fraction']:g}; "
+        f"{best['device_s']:.1f} device-s, {best['train_flops']:.3g} train FLOPs)"
+    )
+    lines.append("data_fraction  pretrained val / test (device-s)   scratch val / test (device-s)")
+    for fraction in sorted({r["data_fraction"] for r in rows} - {None}):
+        cells = [_summary_cell(results.best_trial(r for r in rows
+                                                  if r["data_fraction"] == fraction and r["init"] == arm))
+                 for arm in ARMS]
+        lines.append(f"{fraction:>13g}  {cells[0]:>32}   {cells[1]:>29}")
+    return lines
+
+
+def _summary_cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-- (no trial)"
+    test = f"{row['test_acc']:.4f}" if row.get("test_acc") is not None else "--"
+    return f"{row['best_val_acc']:.4f} / {test} ({row['device_s']:7.1f})"
+
+
+# ----------------------------------------------------------------------------------------------- headline
+def hit_text(hit: Hit) -> str:
+    if hit.device_s is None:
+        return "not reached"
+    flops = f"{hit.train_flops:.3g}" if hit.train_flops is not None else "--"
+    return f"{hit.device_s:.1f} device-s, {flops} FLOPs (trial {hit.trial_id}, epoch {hit.epoch})"
+
+
+def ratio_text(ratio: float | None, pretrained: Hit, scratch: Hit) -> str:
+    if ratio is not None:
+        return f"{ratio:.3g}x"
+    if pretrained.device_s is None and scratch.device_s is None:
+        return "neither reached"
+    return "scratch not reached" if scratch.device_s is None else "pretrained not reached"
+
+
+def best_text(best: dict[str, Any] | None) -> str:
+    if best is None:
+        return "no trial reported a val_acc"
+    test = f", test_acc {pct(best['test_acc'])}" if best.get("test_acc") is not None else ""
+    return (
+        f"trial {best['trial_id']}: {best['init']}, freeze_depth {best['freeze_depth']}, head_lr "
+        f"{num(best['head_lr'])}, backbone_lr {num(best['backbone_lr'])}, data_fraction "
+        f"{num(best['data_fraction'])} -> val_acc {pct(best['best_val_acc'])}{test} at epoch {best['best_epoch']}; "
+        f"it spent {num(best['device_s'], '.1f')} device-s of training, {num(best['train_flops'])} train FLOPs"
+    )
+
+
+def target_sentence(row: TargetRow) -> str:
+    p, s = row.pretrained, row.scratch
+    if row.device_ratio is not None:
+        flops = f", {row.flops_ratio:.3g}x fewer FLOPs" if row.flops_ratio is not None else ""
+        return (f"pretrained reached {pct(row.target)} with {row.device_ratio:.3g} times less compute "
+                f"({p.device_s:.1f} vs {s.device_s:.1f} device-s{flops})")
+    if p.device_s is not None:
+        return f"pretrained reached {pct(row.target)} in {p.device_s:.1f} device-s; scratch: not reached"
+    if s.device_s is not None:
+        return f"scratch reached {pct(row.target)} in {s.device_s:.1f} device-s; pretrained: not reached"
+    return "not reached by either"
+
+
+def confirmed_sentence(row: ConfirmedFraction) -> str:
+    p, s = row.pretrained, row.scratch
+    ratio = row.ratio.text(spec=".3g", suffix="x") if row.ratio is not None else "--"
+    return (f"test_acc pretrained {p.test_acc.text(100, '.1f', '%') if p.test_acc else '--'}, scratch "
+            f"{s.test_acc.text(100, '.1f', '%') if s.test_acc else '--'}; compute to {pct(row.target)} "
+            f"({row.target_how}): scratch / pretrained {ratio}, reached by {len(p.to_target)}/{p.runs} pretrained "
+            f"and {len(s.to_target)}/{s.runs} scratch runs -> {row.verdict}")
+
+
+def headline(report: Report) -> list[str]:
+    """The lines printed in the terminal."""
+    exp = report.exp
+    lines = [f"experiment {exp.name}: {len(exp.trials)} trials, max_epochs {exp.info['max_epochs']}",
+             "best: " + best_text(report.best)]
+    if report.confirmed:
+        lines.append("confirmed (tlsearch confirm), per data fraction, 95% intervals:")
+        lines += [f"  data_fraction {r.data_fraction:g}: " + confirmed_sentence(r) for r in report.confirmed]
+    lines.append(f"compute to target per data fraction ({UNCONFIRMED}; target: "
+                 f"{'given' if report.target_acc is not None else 'scratch best val_acc at that fraction'}):")
+    lines += [f"  data_fraction {r.data_fraction:g}: " + target_sentence(r) for r in report.to_target]
+    lines += cost_lines(report)
+    return lines
+
+
+def cost_lines(report: Report) -> list[str]:
+    c, s = report.costs, report.savings
+    share = f"{s.saved_share:.1%}" if s.saved_share is not None else "--"
+    source = (f"{c.source_s:.1f} device-s, paid once and not in the ratios" if c.source_s is not None
+              else "unknown (hub weights or no sidecar)")
+    lines = [
+        f"search cost: {c.training_s:.1f} device-s training, {c.startup_s:.1f} start-up, {c.shared_s:.1f} shared "
+        f"passes; source model pretraining: {source}",
+        f"ASHA (estimate): spent {s.spent_device_s:.1f} device-s of training; the same trials run to {s.max_epochs} "
+        f"epochs at their steady per-epoch cost: ~{s.full_device_s:.1f}; saved ~{s.saved_device_s:.1f} ({share})",
+    ]
+    if s.confirmed_full_s is not None:
+        lines.append(f"  measured by confirm: a full run of a chosen configuration cost {s.confirmed_full_s:.1f} "
+                     "device-s of training on average (estimate for the same trials: "
+                     f"{num(s.estimated_full_s, '.1f')})")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------- report.md
+def markdown(report: Report, plots: dict[str, str]) -> str:
+    exp, info = report.exp, report.exp.info
+    out = [
+        f"# tlsearch report: {exp.name}", "",
+        f"{info.get('model')} on {info.get('dataset')}; {len(exp.trials)} trials ({_status_counts(exp)}); "
+        f"max_epochs {info['max_epochs']}, ASHA grace {info.get('grace_period')}, reduction "
+        f"{info.get('reduction_factor')}; {info.get('train_pool_size')} training, {info.get('val_size')} "
+        f"validation and {info.get('test_size')} test images; created {info.get('created_at')}.", "",
+        "Validation accuracy (`val_acc`) drove every choice; the test set was read only after the search (the "
+        "best trial and the best of each arm and data fraction) and by `tlsearch confirm`. Compute is what a "
+        "user pays: device-seconds (wall seconds x CPUs or GPUs held) of training, plus each trial's start-up "
+        "and its share of passes shared with other trials.", "",
+        "## Best configuration", "", best_text(report.best) + ".", "",
+        "How: the trial with the highest `best_val_acc`; ties go to the fewer device-seconds "
+        "(`tlsearch.results.best_trial`, the one rule everywhere).", "",
+    ]
+    out += _confirmed_section(report)
+    out += _target_section(report, plots)
+    out += _accuracy_section(report, plots)
+    out += _pareto_section(report, plots)
+    out += ["## Costs", "", *(f"- {line.strip()}" for line in cost_lines(report)), "",
+            "How: ASHA's saving is an estimate: every trial ASHA stopped is charged its remaining epochs at its "
+            "steady per-epoch cost (the median of its epochs after the first, which carries one-off work; a "
+            "trial stopped after one epoch takes the median of trials of the same arm, freeze depth and data "
+            "fraction). Start-up and shared passes are paid whether ASHA stops a trial or not.", "",
+            *_image(plots, "asha_savings", "what ASHA saved")]
+    out += _curves_section(report, plots)
+    return "\n".join(out) + "\n"
+
+
+def _status_counts(exp: Experiment) -> str:
+    counts: dict[str, int] = {}
+    for t in exp.trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: str(kv[0])))
+
+
+def _image(plots: dict[str, str], key: str, alt: str) -> list[str]:
+    return [f"![{alt}]({plots[key]})", ""] if key in plots else []
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    header = list(header)
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
+def _confirmed_section(report: Report) -> list[str]:
+    if not report.confirmed:
+        return ["## Confirmed numbers", "",
+                f"None yet: every comparison below is {UNCONFIRMED}. Run `tlsearch confirm RESULTS_DIR "
+                "--repeats 3` for test accuracies with intervals, compute ratios with intervals and verdicts.", ""]
+    rows = [(f"{r.data_fraction:g}", r.pretrained.test_acc.text(100, ".1f", "%") if r.pretrained.test_acc else "--",
+             r.scratch.test_acc.text(100, ".1f", "%") if r.scratch.test_acc else "--",
+             f"{pct(r.target)} ({r.target_how})", r.ratio.text(spec=".3g", suffix="x") if r.ratio else "--",
+             f"{len(r.pretrained.to_target)}/{r.pretrained.runs}, {len(r.scratch.to_target)}/{r.scratch.runs}",
+             f"**{r.verdict}**") for r in report.confirmed]
+    return ["## Confirmed numbers (tlsearch confirm)", "",
+            *_table(("data_fraction", "pretrained test_acc", "scratch test_acc", "target val_acc",
+                     "compute ratio scratch / pretrained", "runs reaching it (pretrained, scratch)", "verdict"), rows),
+            "", "How: each (init, data fraction)'s best configuration retrained with new seeds to max_epochs, no "
+            "early stopping. Test accuracy is each run's best-validation epoch, mean [95% t interval]. Compute to "
+            "target is what a run paid (training + start-up + its own frozen-feature passes) up to its first epoch "
+            "at the target; the ratio compares geometric means, its 95% interval is the bootstrap standard error "
+            "of the log ratio over the repeats with Welch's t quantile. Verdicts: `saves` (interval above 1), "
+            "`no evidence` (contains 1, or fewer than 2 runs of an arm reached the target), `costs more` (below "
+            "1, or transfer never reached it), `scratch never reached`.", ""]
+
+
+def _target_section(report: Report, plots: dict[str, str]) -> list[str]:
+    rows = [(f"{r.data_fraction:g}", pct(r.target), hit_text(r.pretrained), hit_text(r.scratch),
+             ratio_text(r.device_ratio, r.pretrained, r.scratch),
+             f"{r.flops_ratio:.3g}x" if r.flops_ratio is not None else "--") for r in report.to_target]
+    return ["## Compute to target, " + UNCONFIRMED, "",
+            *_table(("data_fraction", "target", "pretrained", "scratch", "scratch / pretrained compute",
+                     "scratch / pretrained FLOPs"), rows), "",
+            "How: within each data fraction only (never across), the target is "
+            + ("the given `--target-acc`" if report.target_acc is not None else
+               "the best `val_acc` any scratch trial of that fraction reached")
+            + "; for every trial, the first epoch at the target and what it had paid by then (training + "
+            "start-up + shared passes); each cell is the cheapest trial of that arm. One search's trials are "
+            "tuned and stopped early: these are leads, not results.", "",
+            *_image(plots, "compute_to_target", "compute to reach the target")]
+
+
+def _accuracy_section(report: Report, plots: dict[str, str]) -> list[str]:
+    out = ["## Accuracy against freeze depth and data fraction", ""]
+    for title, rows, column in (("freeze_depth", report.by_freeze, "freeze depth"),
+                                ("data_fraction", report.by_fraction, "data fraction")):
+        out += _table(("init", column, "best val_acc", "trials"),
+                      ((g.init, f"{g.key:g}", pct(g.best_val_acc), g.trials) for g in rows))
+        out += ["", *_image(plots, f"accuracy_vs_{title}", f"accuracy against {column}")]
+    return [*out, "How: the highest `best_val_acc` over the trials of each (init, value) group. Freeze depth 0 "
+            "trains every parameter group; depth d freezes the first d groups.", ""]
+
+
+def _pareto_section(report: Report, plots: dict[str, str]) -> list[str]:
+    rows = ((p.trial_id, p.init, f"{p.device_s:.1f}", pct(p.val_acc), p.epoch) for p in report.front)
+    return ["## Pareto front: accuracy against compute", "",
+            *_table(("trial", "init", "device-s", "val_acc", "epoch"), rows), "",
+            "How: each trial is one point, its best `val_acc` against what it had paid at the first epoch that "
+            "reached it. A point is on the front when no cheaper-or-equal point is at least as accurate.", "",
+            *_image(plots, "pareto", "Pareto front")]
+
+
+def _curves_section(report: Report, plots: dict[str, str]) -> list[str]:
+    rows = ((t["trial_id"], t["init"], t["freeze_depth"], num(t["data_fraction"], "g"), pct(t["best_val_acc"]))
+            for t in report.top)
+    return ["## Learning curves of the top trials", "",
+            *_table(("trial", "init", "freeze_depth", "data_fraction", "best val_acc"), rows), "",
+            f"How: the {TOP_CURVES} trials with the highest `best_val_acc`; `val_acc` against the epoch and "
+            "against cumulative training device-seconds.", "", *_image(plots, "learning_curves", "learning curves")]

@@ -1,0 +1,188 @@
+"""The report's plots: PNGs drawn with matplotlib's Agg canvas (no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tlsearch import storage
+from tlsearch.report.analysis import ARMS, GroupBest, Report
+from tlsearch.report.markdown import num
+
+COLORS = {"pretrained": "tab:blue", "scratch": "tab:orange"}
+
+
+def _figure(width: float = 7.0, height: float = 4.5) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def plot_compute_to_target(report: Report, path: Path) -> None:
+    fig = _figure()
+    ax = fig.subplots()
+    rows = report.to_target
+    width = 0.38
+    for i, arm in enumerate(ARMS):
+        for j, row in enumerate(rows):
+            hit = getattr(row, arm)
+            x = j + (i - 0.5) * width
+            if hit.device_s is not None:
+                ax.bar(x, hit.device_s, width, color=COLORS[arm], label=arm if j == 0 else None)
+            else:
+                ax.bar(x, 0, width, color=COLORS[arm], label=arm if j == 0 else None)
+                ax.text(x, 0, "not\nreached", ha="center", va="bottom", fontsize=8, color=COLORS[arm])
+    ax.set_xticks(range(len(rows)), [f"{r.data_fraction:g}" for r in rows])
+    ax.set_xlabel("data fraction (share of the labelled training pool)")
+    ax.set_ylabel("device-seconds paid to first reach the target")
+    ax.set_title("Compute to reach each fraction's target (from the search, unconfirmed)")
+    if rows:
+        ax.legend(title="init")
+    _save(fig, path)
+
+
+def plot_accuracy(groups: list[GroupBest], report: Report, column: str, label: str, path: Path) -> None:
+    fig = _figure()
+    ax = fig.subplots()
+    for arm in ARMS:
+        trials = [
+            t
+            for t in report.exp.trials
+            if t["init"] == arm and t["best_val_acc"] is not None and t[column] is not None
+        ]
+        ax.scatter(
+            [t[column] for t in trials],
+            [t["best_val_acc"] * 100 for t in trials],
+            color=COLORS[arm],
+            alpha=0.35,
+            s=18,
+        )
+        best = [g for g in groups if g.init == arm]
+        if best:
+            ax.plot(
+                [g.key for g in best],
+                [g.best_val_acc * 100 for g in best],
+                marker="o",
+                color=COLORS[arm],
+                label=f"{arm} (best per value)",
+            )
+    if column == "data_fraction":
+        keys = [g.key for g in groups if g.key > 0]
+        if keys and max(keys) / min(keys) >= 10:
+            ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"Accuracy against {label.split(' (')[0]} (dots: every trial)")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_pareto(report: Report, path: Path) -> None:
+    fig = _figure()
+    ax = fig.subplots()
+    for arm in ARMS:
+        pts = [p for p in report.points if p.init == arm]
+        ax.scatter(
+            [p.device_s for p in pts], [p.val_acc * 100 for p in pts], color=COLORS[arm], label=arm, s=22
+        )
+    front = report.front
+    if front:
+        ax.step(
+            [p.device_s for p in front],
+            [p.val_acc * 100 for p in front],
+            where="post",
+            color="black",
+            linewidth=1.2,
+            label="Pareto front",
+        )
+    if report.points and min(p.device_s for p in report.points) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel("device-seconds to the trial's best epoch (cumulative)")
+    ax.set_ylabel("best validation accuracy (%)")
+    ax.set_title("Accuracy against compute, one point per trial")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_savings(report: Report, path: Path) -> None:
+    s = report.savings
+    fig = _figure(7.0, 3.0)
+    ax = fig.subplots()
+    ax.barh([1, 0], [s.full_device_s, s.spent_device_s], color=["tab:gray", "tab:green"])
+    ax.set_yticks([1, 0], [f"run to {s.max_epochs} epochs (estimate)", "spent with ASHA"])
+    ax.set_xlabel("device-seconds (all trials)")
+    share = f"{s.saved_share:.1%}" if s.saved_share is not None else "--"
+    ax.set_title(f"ASHA saved ~{s.saved_device_s:.1f} device-s ({share}, estimate)")
+    _save(fig, path)
+
+
+def plot_curves(report: Report, path: Path) -> None:
+    fig = _figure(10.0, 4.5)
+    by_epoch, by_cost = fig.subplots(1, 2, sharey=True)
+    for trial in report.top:
+        curve = [r for r in report.exp.curve(trial["trial_id"]) if r["val_acc"] is not None]
+        label = (
+            f"{trial['trial_id']} ({trial['init']}, fd {trial['freeze_depth']}, "
+            f"df {num(trial['data_fraction'], 'g')})"
+        )
+        line = by_epoch.plot(
+            [r["epoch"] for r in curve],
+            [r["val_acc"] * 100 for r in curve],
+            marker="o",
+            markersize=3,
+            linestyle="-" if trial["init"] == "pretrained" else "--",
+            label=label,
+        )
+        by_cost.plot(
+            [r["device_s"] for r in curve],
+            [r["val_acc"] * 100 for r in curve],
+            marker="o",
+            markersize=3,
+            color=line[0].get_color(),
+            linestyle=line[0].get_linestyle(),
+        )
+    by_epoch.set_xlabel("epoch")
+    by_epoch.set_ylabel("validation accuracy (%)")
+    by_cost.set_xlabel("cumulative device-seconds")
+    by_epoch.set_title(f"Top {len(report.top)} trials (solid: pretrained, dashed: scratch)")
+    from matplotlib.ticker import MaxNLocator
+
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_epoch.legend(fontsize=7)
+    _save(fig, path)
+
+
+def write_plots(report: Report, folder: str) -> dict[str, str]:
+    """Write the PNGs into ``folder`` (a path or URI, atomically); returns name -> file name for report.md."""
+    jobs = {
+        "compute_to_target": lambda p: plot_compute_to_target(report, p),
+        "accuracy_vs_freeze_depth": lambda p: plot_accuracy(
+            report.by_freeze, report, "freeze_depth", "freeze depth (frozen leading parameter groups)", p
+        ),
+        "accuracy_vs_data_fraction": lambda p: plot_accuracy(
+            report.by_fraction,
+            report,
+            "data_fraction",
+            "data fraction (share of the labelled training pool)",
+            p,
+        ),
+        "pareto": lambda p: plot_pareto(report, p),
+        "asha_savings": lambda p: plot_savings(report, p),
+        "learning_curves": lambda p: plot_curves(report, p),
+    }
+    written = {}
+    for name, draw in jobs.items():
+        with storage.writing(storage.join(folder, f"{name}.png")) as tmp:
+            draw(tmp)
+        written[name] = f"{name}.png"
+    return written
+
+
