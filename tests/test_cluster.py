@@ -7,9 +7,12 @@ Nothing here starts Ray or contacts a non-loopback address. The one end-to-end t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
+import shlex
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -23,8 +26,9 @@ import yaml
 from click.testing import CliRunner, Result
 
 from tlsearch import cluster
-from tlsearch.cli import cli, run
-from tlsearch.config import SearchConfig
+from tlsearch.cli import cli
+from tlsearch.cluster import validate
+from tlsearch.config import SearchConfig, build_config
 from tlsearch.errors import ConfigError
 
 CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
@@ -59,7 +63,7 @@ def test_shipped_cluster_files_exist() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_cluster_files_validate(path: Path) -> None:
-    assert cluster.validate_file(path) == []
+    assert validate.validate_file(path) == []
     result = invoke("cluster", "validate", str(path))
     assert result.exit_code == 0, result.output
     assert "1 file(s) valid" in result.output
@@ -79,10 +83,10 @@ def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
 def _parts(dotted: str) -> list[Any]:
     """``a.b[0].c`` as keys and indexes; ``nvidia.com/gpu`` stays one key."""
     parts: list[Any] = []
-    for piece in dotted.replace(cluster.GPU_RESOURCE, "\0").split("."):
+    for piece in dotted.replace(validate.GPU_RESOURCE, "\0").split("."):
         name, _, rest = piece.partition("[")
         if name:
-            parts.append(name.replace("\0", cluster.GPU_RESOURCE))
+            parts.append(name.replace("\0", validate.GPU_RESOURCE))
         if rest:
             parts.append(int(rest.rstrip("]")))
     return parts
@@ -164,7 +168,7 @@ def test_multi_document_manifest_paths_carry_the_document_index(tmp_path: Path) 
     second["spec"]["workerGroupSpecs"][0]["groupName"] = 7
     both = tmp_path / "both.yaml"
     both.write_text(yaml.safe_dump_all([docs[0], second]))
-    problems = [str(p) for p in cluster.validate_file(both)]
+    problems = [str(p) for p in validate.validate_file(both)]
     assert problems == [f"{both}:[1].spec.workerGroupSpecs[0].groupName: got a number 7; expected text"]
 
 
@@ -336,9 +340,9 @@ def test_submit_sends_the_token_as_a_header_and_never_prints_it(
     )
     assert "/api/v0/nodes?limit=10000&detail=true" in dashboard.paths("GET")  # a local path: nodes were counted
     (submitted,) = [json.loads(r["body"]) for r in dashboard.requests if r["path"] == "/api/jobs/"]
-    assert submitted["entrypoint"].startswith("python -m tlsearch run --config search.yaml ")
-    for flag in ("--trials 2", "--no-gpu", "--head-lr 1e-3", f"--results-dir {results}", "--name e2e"):
-        assert flag in submitted["entrypoint"]
+    command = shlex.split(submitted["entrypoint"])
+    assert command[:5] == ["python", "-m", "tlsearch", "run", "--config"] and len(command) == 6
+    assert command[5].startswith(".tlsearch-submit-") and not (work_dir / command[5]).exists()  # cleaned up
     env = submitted["runtime_env"]
     assert env["working_dir"].startswith("gcs://") and env["py_modules"][0].startswith("gcs://")
     assert "pip" not in env and env["env_vars"]["RAY_TRAIN_V2_ENABLED"] == "1"
@@ -346,27 +350,33 @@ def test_submit_sends_the_token_as_a_header_and_never_prints_it(
     assert TOKEN not in json.dumps(submitted)
 
 
-def test_submitted_entrypoint_parses_back_to_the_same_run_options(work_dir: Path, tmp_path: Path) -> None:
-    args = ["--config", str(work_dir / "search.yaml"), "--trials", "2", "--gpu", "--precision", "bf16",
-            "--gpus-per-worker", "0.5", "--data-fraction", "0.1,0.3", "-vv", "--storage-path", "s3://b/r"]
-    conn = cluster.Connection("http://127.0.0.1:1")
+def test_the_shipped_config_file_builds_the_same_search_on_the_cluster(work_dir: Path, tmp_path: Path) -> None:
+    weights = work_dir / "source.safetensors"
+    weights.write_bytes(b"x")
+    local = build_config(work_dir / "search.yaml", trials=2, use_gpu=True, precision="bf16", gpus_per_worker=0.5,
+                         data_fraction="0.1,0.3", head_lr="1e-4:1e-2", freeze_depth="2", weights=str(weights),
+                         name="e2e")
     notes: list[str] = []
-    from tlsearch.cli import submit
-
-    ctx = submit.make_context("submit", list(args))
-    shared = [p for p in submit.params if p.name in {q.name for q in run.params} - {"address"}]
-    options = {k: v for k, v in ctx.params.items() if k in {p.name for p in shared}}
-    request = cluster.plan_submission(conn, shared, options, storage_path="s3://b/r", shared_storage=False,
-                                      working_dir=work_dir, install=True, note=notes.append)
-    import shlex
-
-    argv = shlex.split(request.entrypoint)[4:]
-    parsed = run.make_context("run", argv).params
-    assert parsed["trials"] == 2 and parsed["use_gpu"] is True and parsed["precision"] == "bf16"
-    assert parsed["gpus_per_worker"] == 0.5 and parsed["verbose"] == 2 and parsed["data_fraction"] == "0.1,0.3"
-    assert parsed["config_file"] == "search.yaml" and parsed["results_dir"] == "s3://b/r"
+    request = cluster.plan_submission(cluster.Connection("http://127.0.0.1:1"), local, storage_path="s3://b/r",
+                                      shared_storage=False, working_dir=work_dir, install=True, verbose=2,
+                                      note=notes.append)
+    command = shlex.split(request.entrypoint)
+    assert command[4:6] == ["--config", request.config_file] and command[6:] == ["-v", "-v"]
+    shipped = tmp_path / "on-the-cluster" / request.config_file
+    shipped.parent.mkdir()
+    shipped.write_text(request.config_yaml)
+    remote = build_config(shipped)  # what `tlsearch run --config FILE` builds from it on the cluster
+    assert remote == dataclasses.replace(local, results_dir="s3://b/r", weights="source.safetensors")
+    assert notes == []
     pip = request.runtime_env["pip"]["packages"]
     assert any(p.startswith("timm") for p in pip) and not any(p.startswith("ray") for p in pip)
+
+
+def test_importing_the_job_code_imports_neither_torch_nor_the_search() -> None:
+    code = "import sys, tlsearch.cluster.jobs; print(sorted(m for m in ('torch', 'tlsearch.search', 'click') " \
+           "if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_node_local_storage_is_refused_on_a_multi_node_cluster(
@@ -501,7 +511,7 @@ def test_submit_to_a_real_ray_cluster_end_to_end(tmp_path: Path, monkeypatch: py
     """
     import pyarrow.parquet as pq
 
-    from tlsearch.search import _stay_on_loopback
+    from tlsearch.search.session import _stay_on_loopback
 
     given = os.environ.get("TLSEARCH_TEST_CLUSTER")
     address = given or "http://127.0.0.1:8265"
@@ -538,7 +548,7 @@ def test_submit_to_a_real_ray_cluster_end_to_end(tmp_path: Path, monkeypatch: py
         logs = invoke("jobs", "logs", job_id, "--address", address).stdout
         assert "SUCCEEDED" in status, status + logs[-3000:]
         assert "search e2e finished" in logs
-        if not cluster.is_remote(storage):
+        if not storage.is_remote(storage):
             trials = pq.read_table(Path(storage) / "e2e" / "trials.parquet")
             assert trials.num_rows == 2
             assert set(trials["status"].to_pylist()) <= {"completed", "stopped"}

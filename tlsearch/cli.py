@@ -257,17 +257,22 @@ def submit(
     address: str | None, storage_path: str | None, shared_storage: bool, working_dir: str, install: bool,
     insecure: bool, **options: Any,
 ) -> None:
-    """Submit a search to a Ray cluster as a job running `tlsearch run` there; print the job id."""
+    """Submit a search to a Ray cluster as a job running `tlsearch run` there; print the job id.
+
+    The search's configuration is built here as `tlsearch run` would build it, then shipped as a file.
+    """
     from tlsearch import cluster
+    from tlsearch.config import build_config
 
     conn = cluster.connect(address, insecure)
     if cluster.sends_token_in_clear(conn.address, conn.token):
         _warn(f"tlsearch: warning: the token goes to {conn.address} unencrypted; "
               "prefer https or an SSH tunnel")
-    shared = [p for p in submit.params if p.name in {p.name for p in run.params} - {"address"}]
+    verbose = int(options.pop("verbose") or 0)
+    config = build_config(options.pop("config_file", None), **options)
     request = cluster.plan_submission(
-        conn, shared, options, storage_path=storage_path, shared_storage=shared_storage,
-        working_dir=working_dir, install=install, note=_warn,
+        conn, config, storage_path=storage_path, shared_storage=shared_storage, working_dir=working_dir,
+        install=install, verbose=verbose, note=_warn,
     )
     job_id = cluster.submit(conn, request)
     click.echo(job_id)

@@ -29,3 +29,7 @@ class DataError(TLSearchError):
 
 class ResultsError(TLSearchError):
     """A results directory or table cannot be written or read."""
+
+
+class ClusterError(TLSearchError):
+    """A cluster address, token, storage path, cluster file or job request is unusable."""
