@@ -29,17 +29,19 @@ SHARED_NOTE = (
 )
 
 
-def target_data(n_train: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+def target_data(
+    n_train: int, dataset: str = "fashion-mnist-split"
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
     """(uint8 images N x 1 x 32 x 32, labels, train pool of ~n_train stratified indices, validation indices).
 
     Built the way ``search.prepare`` builds the payload: ``data.load`` -> ``to_model_input`` -> ``stratified_split``,
     then a nested, stratified fraction of the pool so the training subset holds about ``n_train`` images.
     """
-    dataset = data_mod.load("fashion-mnist-split", "target")
-    images = data_mod.to_model_input(dataset, SPEC.in_chans, SPEC.size)
-    labels = torch.from_numpy(dataset.labels)
-    pool, val = data_mod.stratified_split(dataset.labels, 1000, SEED)
-    subset = data_mod.nested_fraction(dataset.labels, pool, n_train / len(pool), SEED)
+    target = data_mod.load(dataset, "target")
+    images = data_mod.to_model_input(target, SPEC.in_chans, SPEC.size)
+    labels = torch.from_numpy(target.labels)
+    pool, val = data_mod.stratified_split(target.labels, 1000, SEED)
+    subset = data_mod.nested_fraction(target.labels, pool, min(1.0, n_train / len(pool)), SEED)
     return images, labels, subset, val
 
 

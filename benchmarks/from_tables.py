@@ -124,9 +124,9 @@ def transfer(exp: report.Experiment, target_acc: float | None) -> tuple[list[str
     built = report.build_report(exp, target_acc)
     header = ["data fraction (target)", "pretrained", "scratch", "scratch/pretrained compute", "FLOPs ratio"]
     rows = [[f"{r.data_fraction:g} ({report.pct(r.target)})", report.hit_text(r.pretrained),
-             report.hit_text(r.scratch), report.ratio_text(r.device_ratio, r.pretrained, r.scratch),
+             report.hit_text(r.scratch), report.ratio_text(r.compute_ratio, r.pretrained, r.scratch),
              report.ratio_text(r.flops_ratio, r.pretrained, r.scratch)] for r in built.to_target]
-    short = "; ".join(f"{r.data_fraction:g}: {report.ratio_text(r.device_ratio, r.pretrained, r.scratch)} at "
+    short = "; ".join(f"{r.data_fraction:g}: {report.ratio_text(r.compute_ratio, r.pretrained, r.scratch)} at "
                       f"{report.pct(r.target)}" for r in built.to_target)
     return [table(header, rows)], f"compute to target per fraction (scratch/pretrained, unconfirmed): {short}"
 

@@ -14,6 +14,10 @@ data_dir=(); [ -n "${TLSEARCH_FASHION_MNIST_DIR:-}" ] && data_dir=(--data-dir "$
 weights=results/weights/resnet10t-${dataset}-source.safetensors
 .venv/bin/tlsearch pretrain --dataset "$dataset" "${data_dir[@]}" --model resnet10t --image-size 32 --epochs 1 \
   --out "$weights"
+name="quickstart-$(date +%Y%m%d-%H%M%S)"
 .venv/bin/tlsearch run --dataset "$dataset" "${data_dir[@]}" --model resnet10t --weights "$weights" \
   --trials 12 --max-epochs 6 --grace-period 1 --reduction-factor 2 \
-  --data-fraction 0.01,0.03,0.1 --name "quickstart-$(date +%Y%m%d-%H%M%S)" "$@"
+  --data-fraction 0.01,0.03,0.1 --name "$name" "$@"
+.venv/bin/tlsearch report results --experiment "$name"
+echo "quickstart: for intervals and verdicts, confirm the chosen configurations:"
+echo "  .venv/bin/tlsearch confirm results --experiment $name --repeats 3 && .venv/bin/tlsearch report results"

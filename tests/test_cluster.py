@@ -25,7 +25,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from tlsearch import cluster
+from tlsearch import cluster, storage
 from tlsearch.cli import cli
 from tlsearch.cluster import validate
 from tlsearch.config import SearchConfig, build_config
@@ -466,7 +466,7 @@ def test_mixed_precision_needs_gpu_and_is_checked_before_contacting(work_dir: Pa
     assert result.exit_code == 2
     assert "precision: got bf16 without --gpu" in result.stderr
     result = invoke("submit", "--address", "http://127.0.0.1:9", "--precision", "fp8")
-    assert result.exit_code == 2 and "'fp8' is not one of 'fp32', 'bf16', 'fp16'" in result.stderr
+    assert result.exit_code == 2 and "'fp8' is not one of 'auto', 'fp32', 'bf16', 'fp16'" in result.stderr
 
 
 def test_gpu_options_are_validated_in_the_config() -> None:
@@ -515,7 +515,7 @@ def test_submit_to_a_real_ray_cluster_end_to_end(tmp_path: Path, monkeypatch: py
 
     given = os.environ.get("TLSEARCH_TEST_CLUSTER")
     address = given or "http://127.0.0.1:8265"
-    storage = os.environ.get("TLSEARCH_TEST_STORAGE", str(tmp_path / "results"))
+    store = os.environ.get("TLSEARCH_TEST_STORAGE", str(tmp_path / "results"))
     monkeypatch.setenv("HOME", REAL_HOME)  # the real ~/.ray/auth_token, which Ray makes for local clusters
     # The job's `python` is this virtualenv's: Ray's job supervisor inherits this PATH from the nodes we start.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -535,7 +535,7 @@ def test_submit_to_a_real_ray_cluster_end_to_end(tmp_path: Path, monkeypatch: py
         submit = invoke("submit", "--address", address, "--working-dir", str(tmp_path), "--no-install",
                         "--dataset", "digits-split", "--model", "test_resnet", "--image-size", "16",
                         "--trials", "2", "--max-epochs", "2", "--val-size", "100", "--init", "scratch",
-                        "--name", "e2e", "--storage-path", storage, "--shared-storage")
+                        "--name", "e2e", "--storage-path", store, "--shared-storage")
         assert submit.exit_code == 0, submit.output
         job_id = submit.stdout.strip()
         deadline = time.monotonic() + 900
@@ -548,8 +548,8 @@ def test_submit_to_a_real_ray_cluster_end_to_end(tmp_path: Path, monkeypatch: py
         logs = invoke("jobs", "logs", job_id, "--address", address).stdout
         assert "SUCCEEDED" in status, status + logs[-3000:]
         assert "search e2e finished" in logs
-        if not storage.is_remote(storage):
-            trials = pq.read_table(Path(storage) / "e2e" / "trials.parquet")
+        if not storage.is_remote(store):
+            trials = pq.read_table(Path(store) / "e2e" / "trials.parquet")
             assert trials.num_rows == 2
             assert set(trials["status"].to_pylist()) <= {"completed", "stopped"}
             if head is not None:

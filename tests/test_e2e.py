@@ -83,7 +83,7 @@ def test_linear_probes_share_cached_features(tmp_path: Path, ray_2_cpus: None) -
     pretrain("digits-split", "test_resnet", weights, epochs=1, image_size=16, echo=lambda _: None)
     config = build_config(
         None, dataset="digits-split", model="test_resnet", weights=str(weights), trials=2, max_epochs=2,
-        name="probe", results_dir=str(tmp_path / "results"), init="pretrained", freeze_depth="5",
+        name="probe", results_dir=str(tmp_path / "results"), init="pretrained", freeze_depth="5", head_lr="3e-2",
         data_fraction="0.5", max_concurrent=1,
     )
     run_search(config, echo=lambda _: None, verbose=0)

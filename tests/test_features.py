@@ -108,3 +108,28 @@ def test_forward_flops_of_the_frozen_part() -> None:
     x = normalize(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8))
     _, forward = models.train_flops_per_sample(model, SPEC, nn.CrossEntropyLoss())
     assert features.forward_flops_per_image(model, x) == pytest.approx(forward, rel=0.01)
+
+
+def test_a_linear_probe_normalises_its_images_on_the_training_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The normaliser is built on the training device; the payload's images are on the CPU. ``meta`` stands in
+    for a GPU: any CPU image reaching the normaliser raises, as it would on a GPU before training starts."""
+    from tlsearch import train
+
+    meta = torch.device("meta")
+    model = _frozen("test_resnet").to(meta)
+    normalize = normalizer(SPEC, meta)
+    seen: list[torch.device] = []
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.device)
+        return normalize(x)
+
+    # meta tensors hold no values: compare nothing and compute placeholder features
+    monkeypatch.setattr(features, "matches", lambda model, x: x.device == meta)
+    monkeypatch.setattr(features, "compute", lambda model, images, norm, batch_size=512: torch.zeros(len(images), 8))
+    images = torch.randint(0, 255, (12, 3, 32, 32), dtype=torch.uint8)
+    payload = train.Payload(images, torch.arange(12) % 3, torch.arange(8).numpy(), torch.arange(8, 12).numpy(), None, 0)
+    hp = Hyper("pretrained", models.num_groups(model) - 1, 1e-2, 1e-3, 1.0)
+    idx = (torch.arange(8), torch.arange(8, 12), None)
+    got = train._classifier_features(None, model, hp, payload, idx, spy, 1.0)
+    assert got is not None and got.train.shape == (8, 8) and seen and set(seen) == {meta}

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
-from tlsearch import results
+from tlsearch import results, storage
 from tlsearch.cli import cli
 from tlsearch.query import QueryError, build_sql, run_sql
 
@@ -27,8 +27,7 @@ ROWS = [
 ]
 
 
-def write(folder: Path) -> None:
-    name = folder.name
+def write(folder: str | Path, name: str = "exp1") -> None:
     trials, epochs = [], []
     for tid, init, depth, fraction, status, acc, cost, error in ROWS:
         trial = factories.trial_row(tid, name, status=status, init=init, freeze_depth=depth, data_fraction=fraction,
@@ -224,8 +223,11 @@ def _exit2(res: Result, *needles: str) -> None:
         assert needle in res.output
 
 
-def test_cli_bad_sql_exits_2_naming_the_tables_and_columns(rdir: Path) -> None:
+def test_cli_bad_sql_exits_2_naming_the_tables_and_columns(rdir: Path, tmp_path: Path) -> None:
     _exit2(invoke(str(rdir), "--where", "init = = 'x'"), "Parser Error", "trials(experiment, trial_id, status")
+    _exit2(invoke(str(rdir), "SELECT trial_id FROM trails", "--out", str(tmp_path / "o.csv")), "trails",
+           "experiments(experiment, created_at")
+    assert not (tmp_path / "o.csv").exists()
     _exit2(invoke(str(rdir), "SELEC 1"), "syntax error", "epochs(experiment, trial_id")
     _exit2(invoke(str(rdir), "SELECT acc FROM trials"), '"acc" not found', "best_val_acc")
     _exit2(invoke(str(rdir), "SELECT 1", "--where", "true"), "either SQL or the shorthands")
@@ -245,15 +247,15 @@ def test_cli_other_bad_input_exits_2(rdir: Path, tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.parquet"))
 
 
-def test_query_a_copy_behind_an_s3_uri(rdir: Path, s3_uri: str, tmp_path: Path) -> None:
-    from tlsearch import storage
-
-    remote = storage.join(s3_uri, "copy")
-    storage.upload_dir(rdir, remote)
+def test_query_results_written_to_s3(rdir: Path, s3_uri: str) -> None:
+    remote = storage.join(s3_uri, "query")
+    write(storage.join(remote, "exp1"))
     sql = "SELECT init, data_fraction, max(best_val_acc) AS best FROM trials GROUP BY ALL ORDER BY 1, 2"
     assert run_sql(remote, sql) == run_sql(rdir, sql)
-    res = invoke(remote, sql, "--format", "json")
-    assert json.loads(res.output)[0] == {"init": "pretrained", "data_fraction": 0.05, "best": 0.91}
+    res = invoke(remote, "SELECT init, data_fraction, max(best_val_acc) FROM trials GROUP BY ALL", "--format", "csv")
+    assert sorted(res.output.splitlines()[1:]) == ['"pretrained",0.05,0.91', '"pretrained",0.1,0.88',
+                                                   '"pretrained",1,', '"scratch",0.1,0.4', '"scratch",1,0.85']
+    _exit2(invoke(remote, "SELECT nope FROM trials"), '"nope" not found', "confirm(experiment, source_trial_id")
     out = storage.join(remote, "sel.csv")
     assert invoke(remote, "--columns", "trial_id", "--where", "device_s > 50", "--format", "csv",
                   "--out", out).exit_code == 0

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
+import factories
 import pytest
 from click.testing import CliRunner
 
-from tlsearch import results
+from tlsearch import storage
 from tlsearch.cli import cli
-from tlsearch.replay import Curve, ReplayError, parse_ints, recorded_outcome, replay, rungs
+from tlsearch.replay import Curve, ReplayError, load_curves, parse_ints, recorded_outcome, replay, rungs
 
 
 def curve(tid: str, accs: list[float], status: str = "completed", cost: float = 10.0) -> Curve:
@@ -102,50 +102,35 @@ def test_bad_settings_are_explained() -> None:
     assert parse_ints(["1,2", "2", "4"], "--grace") == [1, 2, 4]
 
 
-def _write(folder: Path) -> None:
-    name = folder.name
-    trial_rows, epoch_rows = [], []
+def _write(folder: str | Path) -> str:
+    """CURVES as a search ``exp`` under ``folder`` (a path or a URI)."""
+    trials, epochs = [], []
     for c in CURVES:
-        trial_rows.append(
-            {
-                "experiment": name,
-                "trial_id": c.trial_id,
-                "status": c.status,
-                "init": "pretrained",
-                "epochs": len(c.epochs),
-                "best_val_acc": max(c.val_acc),
-            }
-        )
-        for e, a, d in zip(c.epochs, c.val_acc, c.device_s, strict=True):
-            epoch_rows.append(
-                {
-                    "experiment": name,
-                    "trial_id": c.trial_id,
-                    "init": "pretrained",
-                    "epoch": e,
-                    "val_acc": a,
-                    "device_s": d,
-                }
-            )
-    experiment = {
-        "experiment": name,
-        "created_at": dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
-        "max_epochs": 8,
-        "grace_period": 1,
-        "reduction_factor": 2,
-    }
-    results.write_search(
-        folder,
-        {
-            "experiments": results.to_table("experiments", [experiment]),
-            "trials": results.to_table("trials", trial_rows),
-            "epochs": results.to_table("epochs", epoch_rows),
-        },
-    )
+        trial = factories.trial_row(c.trial_id, "exp", status=c.status, epochs=len(c.epochs),
+                                    best_val_acc=max(c.val_acc), device_s=c.device_s[-1])
+        trials.append(trial)
+        epochs += [factories.epoch_row(trial, e, val_acc=a, device_s=d)
+                   for e, a, d in zip(c.epochs, c.val_acc, c.device_s, strict=True)]
+    experiment = factories.experiment_row("exp", max_epochs=8, grace_period=1, reduction_factor=2)
+    return factories.write_search(storage.join(str(folder), "exp"), experiment, trials, epochs)
+
+
+def test_load_curves_reads_the_tables_back_in_recorded_order(tmp_path: Path) -> None:
+    _write(tmp_path)
+    info, curves = load_curves(tmp_path)
+    assert info["experiment"] == "exp" and info["max_epochs"] == 8
+    assert curves == CURVES
+
+
+def test_load_curves_over_s3(s3_uri: str) -> None:
+    remote = storage.join(s3_uri, "replay")
+    _write(remote)
+    info, curves = load_curves(remote, "exp")
+    assert info["experiment"] == "exp" and curves == CURVES
 
 
 def test_cli_replay_prints_each_setting(tmp_path: Path) -> None:
-    _write(tmp_path / "exp")
+    _write(tmp_path)
     res = CliRunner().invoke(
         cli, ["replay", str(tmp_path), "--grace", "1,8", "--reduction", "2", "--reduction", "3"], catch_exceptions=False
     )
@@ -160,7 +145,7 @@ def test_cli_replay_prints_each_setting(tmp_path: Path) -> None:
 
 
 def test_cli_replay_bad_value_exits_2(tmp_path: Path) -> None:
-    _write(tmp_path / "exp")
+    _write(tmp_path)
     res = CliRunner().invoke(cli, ["replay", str(tmp_path), "--grace", "1", "--reduction", "1"], catch_exceptions=False)
     assert res.exit_code == 2
     assert "--reduction must be 2 or more, got 1" in res.output

@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import factories
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,76 +19,11 @@ import pytest
 from tlsearch import results
 from tlsearch.errors import ResultsError
 
-T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+T0 = factories.T0
 
 
 def search_tables(name: str, created: dt.datetime, trials: int = 2) -> dict[str, pa.Table]:
-    experiment = {
-        "experiment": name,
-        "created_at": created,
-        "model": "resnet10t",
-        "dataset": "digits",
-        "max_epochs": 2,
-        "grace_period": 1,
-        "reduction_factor": 2,
-        "trials": trials,
-        "seed": 0,
-    }
-    trial_rows, epoch_rows = [], []
-    for i in range(trials):
-        tid = f"{name}_{i:05d}"
-        hp = {
-            "init": "pretrained" if i % 2 == 0 else "scratch",
-            "freeze_depth": i,
-            "head_lr": 1e-3,
-            "backbone_lr": 1e-4,
-            "data_fraction": 0.5,
-        }
-        for epoch in (1, 2):
-            epoch_rows.append(
-                {
-                    "experiment": name,
-                    "trial_id": tid,
-                    **hp,
-                    "epoch": epoch,
-                    "val_acc": 0.5 + 0.1 * epoch,
-                    "val_loss": 1.0 / epoch,
-                    "train_loss": 1.2 / epoch,
-                    "wall_s": 2.0 * epoch,
-                    "device_s": 4.0 * epoch,
-                    "samples_seen": 100 * epoch,
-                    "train_flops": 1e9 * epoch,
-                }
-            )
-        trial_rows.append(
-            {
-                "experiment": name,
-                "trial_id": tid,
-                "status": "completed",
-                **hp,
-                "num_groups": 4,
-                "train_size": 100,
-                "trainable_params": 1000,
-                "flops_per_sample": 1e7,
-                "epochs": 2,
-                "best_val_acc": 0.7,
-                "best_epoch": 2,
-                "last_val_acc": 0.7,
-                "last_val_loss": 0.5,
-                "last_train_loss": 0.6,
-                "wall_s": 4.0,
-                "device_s": 8.0,
-                "samples_seen": 200,
-                "train_flops": 2e9,
-                "error": None,
-                "checkpoint_path": f"/ckpt/{tid}",
-            }
-        )
-    return {
-        "experiments": results.to_table("experiments", [experiment]),
-        "trials": results.to_table("trials", trial_rows),
-        "epochs": results.to_table("epochs", epoch_rows),
-    }
+    return factories.search(name, trials=trials, created_at=created).tables()
 
 
 def test_schema_round_trip(tmp_path: Path) -> None:
@@ -128,9 +64,11 @@ def test_append_of_two_searches(tmp_path: Path) -> None:
 
 
 def test_reader_fills_nulls_for_a_column_an_older_file_lacks(tmp_path: Path) -> None:
-    new = search_tables("new", T0 + dt.timedelta(days=1))
-    results.write_search(tmp_path / "new", new)
-    old = search_tables("old", T0)
+    new, older = factories.search("new", created_at=T0 + dt.timedelta(days=1)), factories.search("old")
+    for trial in new.trials + older.trials:
+        trial["checkpoint_path"] = f"/ckpt/{trial['trial_id']}"
+    factories.write_results(tmp_path, new)
+    old = older.tables()
     old_folder = tmp_path / "old"
     old_folder.mkdir()
     # an older tlsearch wrote no train_flops and no checkpoint_path in trials, no train_flops in epochs
@@ -145,7 +83,8 @@ def test_reader_fills_nulls_for_a_column_an_older_file_lacks(tmp_path: Path) -> 
     by_exp = {e: [r for r in trials.to_pylist() if r["experiment"] == e] for e in ("old", "new")}
     assert [r["train_flops"] for r in by_exp["old"]] == [None, None]
     assert [r["checkpoint_path"] for r in by_exp["old"]] == [None, None]
-    assert [r["train_flops"] for r in by_exp["new"]] == [2e9, 2e9]
+    assert [r["train_flops"] for r in by_exp["new"]] == [2e8, 2e8]
+    assert [r["checkpoint_path"] for r in by_exp["new"]] == ["/ckpt/new_00000", "/ckpt/new_00001"]
     assert opened.epochs.to_table(filter=pa.compute.field("train_flops").is_null()).num_rows == 4
     assert opened.experiments.to_table()["git_commit"].null_count == 2
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from pathlib import Path
 
+import factories
 import pyarrow as pa
 import pytest
 
@@ -48,16 +51,49 @@ def test_everything_round_trips_through_s3(s3_uri: str, tmp_path: Path) -> None:
     assert not storage.exists(storage.join(folder, "a", "note.txt"))
 
 
-def test_results_open_reads_tables_written_to_s3(s3_uri: str) -> None:
+def test_a_failed_write_to_s3_leaves_nothing(s3_uri: str) -> None:
+    target = storage.join(s3_uri, "failed", "t.parquet")
+    with pytest.raises(RuntimeError), storage.writing(target) as tmp:
+        tmp.write_bytes(b"PAR1 half")
+        raise RuntimeError("the writer died")
+    assert not storage.exists(target) and not tmp.exists()
+
+
+def test_results_open_reads_searches_written_to_s3(s3_uri: str) -> None:
     folder = storage.join(s3_uri, "open")
-    rows = [{"experiment": "e", "trial_id": f"t{i}", "init": "pretrained", "best_val_acc": 0.5 + i / 10}
-            for i in range(3)]
-    tables = {name: results.to_table(name, []) for name in results.SEARCH_TABLES}
-    tables["trials"] = results.to_table("trials", rows)
-    tables["experiments"] = results.to_table("experiments", [{"experiment": "e"}])
-    results.write_search(storage.join(folder, "e"), tables)
+    first = factories.search("first", trials=3, accs=(0.5, 0.8))
+    second = factories.search("second", trials=2, created_at=factories.T0 + dt.timedelta(hours=1))
+    second.confirm = factories.confirm_rows("second", "scratch", 0.1, 0, [0.4, 0.6], [0.4, 0.5], 3.0)
+    factories.write_results(folder, first, second)
+    storage.write_text(storage.join(folder, "first", "_ray", "deep", "result.json"), "{}")  # not a table
     opened = results.open(folder)
-    assert opened.trials.count_rows() == 3 and opened.confirm.count_rows() == 0
-    assert results.best_trial(opened.trials.to_table().to_pylist())["trial_id"] == "t2"  # type: ignore[index]
-    with pytest.raises(ResultsError, match="does not exist"):
-        results.open(storage.join(s3_uri, "nothing-here"))
+    assert sorted(opened.experiments.to_table()["experiment"].to_pylist()) == ["first", "second"]
+    assert opened.trials.count_rows() == 5 and opened.epochs.count_rows() == 10 and opened.confirm.count_rows() == 2
+    assert opened.trials.to_table().schema == results.TRIALS
+    one = results.open(storage.join(folder, "first"))  # a single search folder; no confirm.parquet: empty
+    assert one.trials.count_rows() == 3 and one.confirm.count_rows() == 0
+    assert one.confirm.to_table().schema == results.CONFIRM
+
+
+def test_results_open_refuses_what_is_not_a_results_folder(s3_uri: str, tmp_path: Path) -> None:
+    for missing in (storage.join(s3_uri, "nothing-here"), tmp_path / "missing"):
+        with pytest.raises(ResultsError, match=r"does not exist; give the folder") as err:
+            results.open(missing)
+        assert "\n" not in str(err.value)
+    (tmp_path / "file.parquet").write_bytes(b"x")
+    with pytest.raises(ResultsError, match="is a file, not a folder"):
+        results.open(tmp_path / "file.parquet")
+    with pytest.raises(ResultsError, match="no tlsearch tables"):
+        results.open(tmp_path)
+
+
+def test_recorded_results_read_a_tune_folder_on_s3(s3_uri: str) -> None:
+    from tlsearch.stopping import recorded_results
+
+    tune_dir = storage.join(s3_uri, "tune")
+    lines = [{"trial_id": "a", "epoch": e, "val_acc": e / 10} for e in (1, 2)]
+    storage.write_text(storage.join(tune_dir, "trial_a", "result.json"), "".join(json.dumps(x) + "\n" for x in lines))
+    # a writer killed mid-line: the cut-short last result is skipped, the complete one kept
+    storage.write_text(storage.join(tune_dir, "trial_b", "result.json"), '{"trial_id": "b", "epoch": 1}\n{"tri')
+    assert list(recorded_results(tune_dir)) == [*lines, {"trial_id": "b", "epoch": 1}]
+    assert list(recorded_results(storage.join(s3_uri, "no-tune-here"))) == []

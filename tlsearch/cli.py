@@ -71,9 +71,11 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--cpus-per-worker", type=float, help="CPUs each worker holds (default 1)."),
     click.option("--gpu/--no-gpu", "use_gpu", default=None, help="Use GPUs (default: when Ray has them)."),
     click.option("--gpus-per-worker", type=float,
-                 help="GPUs each Train worker holds, with --gpu (default 1)."),
-    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
-                 help="Training precision; bf16/fp16 (mixed) need --gpu (default fp32)."),
+                 help="GPUs each Train worker holds, with --gpu: a share of one (0.5: two trials share a GPU) or a "
+                      "whole number (default 1)."),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                 help="Training precision: auto is bf16 mixed precision on GPUs that have it, fp16 on other GPUs, "
+                      "fp32 on CPUs; bf16/fp16 need --gpu (default auto)."),
     click.option("--max-concurrent", type=int,
                  help="Cap on trials at once (default: what the resources fit)."),
     click.option("--asha-groups", type=click.Choice(["init", "init,data_fraction"]),
@@ -177,10 +179,17 @@ def query(
 @cli.command()
 @click.argument("results_dir", type=click.Path(file_okay=False))
 @click.option("--experiment", help="Experiment (search) name (default: the newest by created_at).")
-@click.option("--target-acc", type=float, help="Target val_acc in (0, 1] (default: best scratch val_acc).")
+@click.option("--target-acc", type=float,
+              help="Target val_acc in (0, 1] for every data fraction (default, per fraction: scratch's mean best "
+                   "val_acc over its confirmation runs; from the search alone, scratch's best).")
 @domain_errors
 def report(results_dir: str, experiment: str | None, target_acc: float | None) -> None:
-    """Write report.md and plots under RESULTS_DIR/<experiment>/report/ and print the headline."""
+    """Write report.md, plots and summary.json under RESULTS_DIR/<experiment>/report/; print the headline.
+
+    RESULTS_DIR may be a path or a URI (s3://, gs://). With `tlsearch confirm` results, every data fraction gets
+    test accuracy and compute-to-target with 95% intervals and a verdict; without, the numbers are labelled
+    "from the search, unconfirmed".
+    """
     from tlsearch import report as report_mod
 
     outcome = report_mod.write_report(results_dir, experiment, target_acc)

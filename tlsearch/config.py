@@ -30,7 +30,7 @@ DIMENSIONS: dict[str, str] = {
     "backbone_lr": "float64",
     "data_fraction": "float64",
 }
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the GPU has it, else fp16; fp32 on CPUs
 # Fair arms: ASHA compares a trial with the trials of its own arm (and, optionally, of its own data fraction).
 ASHA_GROUPS = ("init", "init,data_fraction")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -238,7 +238,7 @@ class SearchConfig:
     cpus_per_worker: float | None = None
     use_gpu: bool | None = None
     gpus_per_worker: float = 1.0
-    precision: str = "fp32"
+    precision: str = "auto"
     max_concurrent: int | None = None
     trial_timeout_s: float | None = None
     feature_cache: bool = True
@@ -277,11 +277,14 @@ class SearchConfig:
             raise ConfigError(f"max_concurrent: must be > 0, got {self.max_concurrent}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: got {self.precision!r}; valid: {', '.join(PRECISIONS)}")
-        if self.precision != "fp32" and self.use_gpu is not True:
+        if self.precision in ("bf16", "fp16") and self.use_gpu is not True:
             raise ConfigError(f"precision: got {self.precision} without --gpu; mixed precision needs GPUs "
-                              "(pass --gpu, or use fp32 on CPUs)")
+                              "(pass --gpu, or use auto or fp32)")
         if self.gpus_per_worker <= 0:
             raise ConfigError(f"gpus_per_worker: must be > 0, got {self.gpus_per_worker:g}")
+        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
+            raise ConfigError(f"gpus_per_worker: got {self.gpus_per_worker:g}; valid: a share of one GPU in (0, 1] "
+                              "(0.5: two workers share a GPU) or a whole number of GPUs")
         if self.gpus_per_worker != 1 and self.use_gpu is not True:
             raise ConfigError(f"gpus_per_worker: got {self.gpus_per_worker:g} without --gpu; pass --gpu too")
         if self.trial_timeout_s is not None and self.trial_timeout_s <= 0:

@@ -26,7 +26,7 @@ import timm
 import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
-from timm.layers import freeze_batch_norm_2d
+from timm.layers import BatchNormAct2d, freeze_batch_norm_2d
 from timm.models import group_parameters
 from torch import nn
 
@@ -236,17 +236,67 @@ def apply_freeze(model: nn.Module, depth: int) -> FreezePlan:
 
 
 def _freeze_batchnorm(model: nn.Module, frozen: set[str]) -> None:
-    """Swap BatchNorm layers whose parameters are all frozen for timm's FrozenBatchNorm2d."""
-    targets = []
+    """Swap every BatchNorm layer of the frozen groups for one whose statistics no longer move.
+
+    A BatchNorm with affine parameters is frozen when they all are; one without (``affine=False``) goes with the
+    nearest parameter before it in module order (or after it, at the very start). Affine 2-d layers (and timm's
+    BatchNormAct2d) become timm's FrozenBatchNorm2d; the others (BatchNorm1d in LeViT, RepViT, EfficientViT-MSRA,
+    SHViT, BatchNorm3d, affine-free layers) a :class:`FrozenBatchNorm` of the same state-dict keys.
+    """
+    targets, pending, last_frozen = [], [], None
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and name:
-            own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
-            if own and all(p in frozen for p in own):
+        own = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+        # (a BatchNorm without running statistics normalises by the batch in any mode: nothing to freeze)
+        is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats and bool(name)
+        if is_norm and not own:
+            if last_frozen:
+                targets.append(name)
+            elif last_frozen is None:
+                pending.append(name)  # before any parameter: decided by the first one
+            continue
+        if own:
+            if last_frozen is None and own[0] in frozen:
+                targets += pending
+            last_frozen = own[-1] in frozen
+            if is_norm and all(p in frozen for p in own):
                 targets.append(name)
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        parent.add_module(child, freeze_batch_norm_2d(getattr(parent, child)))
+        norm = getattr(parent, child)
+        timm_kind = isinstance(norm, BatchNormAct2d) or (
+            norm.affine and isinstance(norm, nn.BatchNorm2d | nn.SyncBatchNorm))
+        parent.add_module(child, freeze_batch_norm_2d(norm) if timm_kind else FrozenBatchNorm(norm))
+
+
+class FrozenBatchNorm(nn.Module):
+    """A BatchNorm of any dimension with fixed statistics and affine terms (buffers), always in inference mode.
+
+    What timm's FrozenBatchNorm2d is for 2-d layers, for BatchNorm1d/3d and affine-free layers; its state-dict keys
+    are the layer's own (``weight`` and ``bias`` only when it had them), less ``num_batches_tracked``.
+    """
+
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def __init__(self, norm: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        assert norm.running_mean is not None and norm.running_var is not None, "a BatchNorm without statistics"
+        self.num_features, self.eps = norm.num_features, norm.eps
+        self.register_buffer("running_mean", norm.running_mean.detach().clone())
+        self.register_buffer("running_var", norm.running_var.detach().clone())
+        affine = norm.affine and norm.weight is not None
+        self.register_buffer("weight", norm.weight.detach().clone() if affine else None)
+        self.register_buffer("bias", norm.bias.detach().clone() if affine else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        training=False, momentum=0.0, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
 
 
 def input_spec(model: nn.Module, image_size: int | None = None) -> InputSpec:

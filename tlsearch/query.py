@@ -61,8 +61,7 @@ def run_sql(location: str | Path, sql: str) -> pa.Table:
             raise QueryError(f"not a query: {sql.strip()[:80]!r}; give one SELECT over {', '.join(results.TABLES)}")
         return reader.to_arrow_table()
     except duckdb.Error as exc:
-        first = str(exc).splitlines()[0]
-        raise QueryError(f"{first} (tables and columns: {tables_help()})") from None
+        raise QueryError(f"{storage.one_line(exc)} (tables and columns: {tables_help()})") from None
     finally:
         con.close()
 

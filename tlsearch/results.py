@@ -1,8 +1,9 @@
 """Parquet tables: their schemas, atomic writes, and opening them as pyarrow datasets.
 
-A results directory holds one folder per search (``<results>/<experiment>/``) with three tables:
-``experiment.parquet`` (one row), ``trials.parquet`` (one row per trial) and ``epochs.parquet`` (one row per
-trial per epoch, cost cumulative). Readers always pass the explicit schemas below, so files written by an
+A results directory (a path or a URI, see :mod:`tlsearch.storage`) holds one folder per search
+(``<results>/<experiment>/``) with three tables: ``experiment.parquet`` (one row), ``trials.parquet`` (one row
+per trial) and ``epochs.parquet`` (one row per trial per epoch, cost cumulative), and ``confirm.parquet`` once
+``tlsearch confirm`` ran. Readers always pass the explicit schemas below, so files written by an
 older tlsearch with fewer columns still read, the missing columns as nulls.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 from tlsearch import storage
 from tlsearch.config import DIMENSIONS
@@ -180,22 +182,29 @@ class ResultSet:
 
 def files(location: str | Path, name: str) -> list[str]:
     """The Parquet files of table ``name`` under a results directory or a single search folder (paths in its
-    filesystem: what ``storage.filesystem(location)`` opens)."""
-    _, base = storage.filesystem(location)
+    filesystem: what ``storage.filesystem(location)`` opens).
+
+    Only ``<location>/<file>`` or ``<location>/<experiment>/<file>`` count: one listing per folder, never a walk
+    through Ray's state and checkpoints (thousands of objects on a bucket).
+    """
     file_name = FILE_NAMES[name]
-    found = storage.list_files(location, recursive=True)
-    own = [i.path for i in found if i.path == f"{base.rstrip('/')}/{file_name}"]
+    own = [i.path for i in storage.list_files(location, recursive=False) if i.base_name == file_name]
     if own:
         return own
-    depth = base.rstrip("/").count("/") + 2  # <location>/<experiment>/<file>
-    return sorted(i.path for i in found if i.base_name == file_name and i.path.count("/") == depth)
+    return [i.path for folder in storage.list_dirs(location)
+            for i in storage.list_files(storage.join(location, folder), recursive=False) if i.base_name == file_name]
 
 
 def open(location: str | Path) -> ResultSet:  # noqa: A001 - mirrors pyarrow.dataset naming: tlsearch.results.open
-    """Open a results directory (a path or a URI: s3://, gs://): every search's tables, with the explicit schemas."""
+    """Open a results directory (a path or a URI: s3://, gs://): every search's tables, with the explicit schemas.
+
+    A table no search has written yet (``confirm`` before ``tlsearch confirm``) opens as an empty dataset.
+    """
     fs, _ = storage.filesystem(location)
-    if not storage.is_dir(location):
-        raise ResultsError(f"results directory {location} does not exist")
+    kind = storage.info(location).type
+    if kind != pafs.FileType.Directory:
+        what = "does not exist" if kind == pafs.FileType.NotFound else "is a file, not a folder"
+        raise ResultsError(f"results directory {location} {what}; give the folder `tlsearch run` wrote to")
     found = {name: files(location, name) for name in TABLES}
     if not any(found.values()):
         raise ResultsError(f"no tlsearch tables under {location}; expected <experiment>/trials.parquet and friends")
@@ -203,5 +212,5 @@ def open(location: str | Path) -> ResultSet:  # noqa: A001 - mirrors pyarrow.dat
         sets = {name: pads.dataset(found[name], schema=SCHEMAS[name], format="parquet", filesystem=fs)
                 for name in TABLES}
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ResultsError(f"cannot read the tables under {location}: {exc}") from None
+        raise ResultsError(f"cannot read the tables under {location}: {storage.one_line(exc)}") from None
     return ResultSet(**sets)

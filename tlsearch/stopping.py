@@ -28,15 +28,23 @@ class TrialTimeout(TLSearchError):
 
 
 def recorded_results(tune_dir: str) -> Iterator[dict[str, Any]]:
-    """Every result line every trial of a Tune experiment wrote, in the order each trial wrote them."""
+    """Every result line every trial of a Tune experiment wrote, in the order each trial wrote them.
+
+    ``tune_dir`` is a path or a URI (read through :mod:`tlsearch.storage`). A last line cut short by a killed
+    writer is skipped: that result was never complete.
+    """
     try:
         found = [i for i in storage.list_files(tune_dir) if i.base_name == "result.json"]
     except (OSError, ValueError, TLSearchError):
         return
     for info in found:
-        for line in (storage.read_text(storage.child(tune_dir, info.path)) or "").splitlines():
-            if line.strip():
+        lines = [ln for ln in (storage.read_text(storage.child(tune_dir, info.path)) or "").splitlines() if ln.strip()]
+        for i, line in enumerate(lines):
+            try:
                 yield json.loads(line)
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise
 
 
 class ResumableASHA(ASHAScheduler):

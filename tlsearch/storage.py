@@ -79,7 +79,7 @@ def filesystem(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(target)
     except (OSError, ValueError, pa.ArrowException) as exc:
-        raise ResultsError(f"storage {uri}: pyarrow cannot open it ({_one_line(exc)}); valid: a path, "
+        raise ResultsError(f"storage {uri}: pyarrow cannot open it ({one_line(exc)}); valid: a path, "
                            "s3://BUCKET/DIR or gs://BUCKET/DIR") from None
 
 
@@ -165,7 +165,7 @@ def writing(uri: str | Path) -> Iterator[Path]:
         finally:
             local.unlink(missing_ok=True)
     except OSError as exc:
-        raise ResultsError(f"cannot write {uri}: {exc.strerror or _one_line(exc)}") from None
+        raise ResultsError(f"cannot write {uri}: {exc.strerror or one_line(exc)}") from None
 
 
 def write_bytes(uri: str | Path, data: bytes) -> str:
@@ -203,7 +203,7 @@ def upload_dir(local: str | Path, uri: str | Path) -> None:
         fs.create_dir(base, recursive=True)
         pafs.copy_files(str(local), base, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     except OSError as exc:
-        raise ResultsError(f"cannot copy {local} to {uri}: {_one_line(exc)}") from None
+        raise ResultsError(f"cannot copy {local} to {uri}: {one_line(exc)}") from None
 
 
 def delete_dir(uri: str | Path) -> None:
@@ -227,6 +227,7 @@ def check_writable(uri: str | Path) -> None:
         raise ResultsError(f"results directory {target} is not writable")
 
 
-def _one_line(exc: Any) -> str:
+def one_line(exc: Any) -> str:
+    """The first non-blank line of an exception's message (pyarrow and DuckDB errors run over several)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__

@@ -3,7 +3,14 @@
 The worker gets the decoded data and the source weights from Ray's object store, builds and freezes the
 model, trains it for up to ``max_epochs`` and reports, every epoch, the validation metrics and the cumulative
 cost (wall seconds, device-seconds, samples seen, FLOPs measured with the freeze in place). Every epoch it also
-checkpoints model, optimizer, scheduler, epoch, cost and RNG state, so a restarted worker continues.
+checkpoints model, optimizer, scheduler, gradient scaler, epoch, cost and RNG state, so a restarted worker
+continues.
+
+With several workers, each trains on its own shard of the trial's subset (:class:`ShardBatches`: disjoint,
+covering, reshuffled every epoch from the trial's seed) and validates its share of the validation split; the
+sums are all-reduced on the training device, so every worker reports the same metrics. On a GPU the defaults are
+what GPU users expect: batches copied from pinned memory without blocking, channels-last for convolutional
+models, cuDNN autotuning and mixed precision (:meth:`Precision.resolve`); none of them changes a CPU run.
 """
 
 from __future__ import annotations
@@ -14,18 +21,20 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from tlsearch import data as data_mod
 from tlsearch import features, models
 from tlsearch.config import DIMENSIONS
+from tlsearch.errors import DataError
 from tlsearch.models import FreezePlan, InputSpec, SourceWeights
 
 
@@ -43,7 +52,7 @@ class TrialSpec:
     seed: int
     threads: int
     devices_per_worker: float
-    precision: str = "fp32"
+    precision: str = "auto"  # see Precision.resolve
     feature_cache: bool = True
     evaluate_test: bool = False  # only `tlsearch confirm` evaluates the test set every epoch; a search never does
 
@@ -97,14 +106,41 @@ def make_optimizer(
     return optimizer, scheduler
 
 
-def normalizer(spec: InputSpec, device: torch.device) -> Any:
+def normalizer(spec: InputSpec, device: torch.device, channels_last: bool = False) -> Any:
+    """uint8 images (on ``device``) to the model's normalised float input, channels-last when asked."""
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0
 
     def normalize(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - mean) / std
+        out = (x.float() - mean) / std
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     return normalize
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """Convolutions beyond a patch embedding (two or more 2-d convolutions): channels-last pays off on GPUs."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) >= 2
+
+
+def place(model: nn.Module, device: torch.device) -> bool:
+    """Move ``model`` to ``device``; on a GPU also turn on cuDNN autotuning and, for a convolutional model,
+    channels-last. Returns whether the inputs should be channels-last (never on a CPU)."""
+    model.to(device)
+    if device.type != "cuda":
+        return False
+    torch.cuda.set_device(device)  # the current device: autocast, bf16 support and NCCL all read it
+    torch.backends.cudnn.benchmark = True  # input shapes are fixed within a trial: autotune each once
+    channels_last = is_convolutional(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return channels_last
+
+
+def process_group_backend(num_workers: int, use_gpu: bool, gpus_per_worker: float) -> str:
+    """NCCL when each worker has a GPU of its own; gloo on CPUs and when a trial's workers may share one GPU
+    (NCCL refuses two ranks on one device; gloo all-reduces CUDA tensors too)."""
+    return "nccl" if use_gpu and (num_workers == 1 or gpus_per_worker >= 1) else "gloo"
 
 
 def subset(payload: Payload, hp: Hyper) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,18 +150,90 @@ def subset(payload: Payload, hp: Hyper) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(train_idx), torch.from_numpy(payload.val)
 
 
+class ShardBatches(Sampler[list[int]]):
+    """The batches of one worker's shard of ``size`` items; over all ``world`` workers the shards are disjoint.
+
+    Shuffled (training): a permutation drawn from ``seed`` and the epoch is dealt round-robin, so shards differ by
+    at most one item and together cover the set. Every worker takes the same number of steps, whatever its
+    shard: full batches when the smallest shard holds one (the remainder of each shard is dropped), else one
+    batch of its whole shard. No worker waits in a collective for another that has run out, and one worker
+    behaves as a shuffled, ``drop_last``-when-possible DataLoader. Each pass reshuffles (the epoch advances by
+    itself); :meth:`set_epoch` pins it, as ``DistributedSampler``'s does.
+
+    Sequential (validation, test): items ``rank, rank + world, ...``, never padded, so every item is counted
+    exactly once over all workers.
+    """
+
+    def __init__(self, size: int, batch_size: int, *, rank: int = 0, world: int = 1, shuffle: bool = False,
+                 seed: int = 0) -> None:
+        if shuffle and size < world:
+            raise DataError(f"a training subset of {size} image(s) cannot be shared by {world} workers; "
+                            f"use a larger data fraction or at most {max(size, 1)} worker(s)")
+        self.size, self.batch_size, self.rank, self.world = size, batch_size, rank, world
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.last: list[int] = []  # the items of the latest pass, in order
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if not self.shuffle:
+            return -(-len(range(self.rank, self.size, self.world)) // self.batch_size)
+        return max(1, (self.size // self.world) // self.batch_size)
+
+    @property
+    def items_per_pass(self) -> int:
+        """Items one pass uses over all workers."""
+        full = self.shuffle and self.size // self.world >= self.batch_size
+        return len(self) * self.batch_size * self.world if full else self.size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.arange(self.size)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed % 2**64, self.epoch]).permutation(self.size)
+            self.epoch += 1
+        mine = order[self.rank::self.world]
+        if self.shuffle and self.size // self.world >= self.batch_size:
+            mine = mine[: len(self) * self.batch_size]
+        self.last = mine.tolist()
+        for start in range(0, len(self.last), self.batch_size):
+            yield self.last[start : start + self.batch_size]
+
+
 def loaders(
     train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], spec: TrialSpec,
-    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None, *, rank: int = 0, world: int = 1,
+    pin_memory: bool = False,
 ) -> tuple[DataLoader, DataLoader, DataLoader | None]:
-    """Loaders over in-memory tensors (images or cached features): nothing is decoded per epoch."""
-    generator = torch.Generator().manual_seed(spec.seed)
-    train_loader = DataLoader(
-        TensorDataset(*train), batch_size=spec.batch_size, shuffle=True, generator=generator,
-        drop_last=len(train[1]) > spec.batch_size,
-    )
-    test_loader = DataLoader(TensorDataset(*test), batch_size=spec.eval_batch_size) if test is not None else None
-    return train_loader, DataLoader(TensorDataset(*val), batch_size=spec.eval_batch_size), test_loader
+    """This worker's loaders over in-memory tensors (images or cached features): nothing is decoded per epoch.
+
+    Each batch is one indexing of the tensors (no per-item collation); ``pin_memory`` (on GPUs) lets the copy to
+    the device overlap the step before.
+    """
+
+    def loader(tensors: tuple[torch.Tensor, torch.Tensor], batch_size: int, shuffle: bool) -> DataLoader:
+        batches = ShardBatches(len(tensors[1]), batch_size, rank=rank, world=world, shuffle=shuffle, seed=spec.seed)
+        return DataLoader(TensorDataset(*tensors), sampler=batches, batch_size=None, pin_memory=pin_memory)
+
+    test_loader = loader(test, spec.eval_batch_size, False) if test is not None else None
+    return loader(train, spec.batch_size, True), loader(val, spec.eval_batch_size, False), test_loader
+
+
+class DeviceBatches:
+    """A loader's batches on ``device``, copied without blocking (from pinned memory when the loader pins)."""
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        if not isinstance(loader.sampler, ShardBatches):
+            raise TypeError(f"DeviceBatches needs a loader built by train.loaders, got {type(loader.sampler)}")
+        self.loader, self.device = loader, device
+        self.sampler: ShardBatches = loader.sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -134,6 +242,16 @@ class Precision:
 
     name: str = "fp32"
     device_type: str = "cpu"
+
+    @classmethod
+    def resolve(cls, requested: str, device: torch.device) -> Precision:
+        """What runs on ``device``: fp32 on CPUs and when asked; ``auto`` is bf16 where the GPU computes it
+        natively, else fp16 (with a gradient scaler); bf16 and fp16 on a GPU as asked."""
+        if device.type != "cuda" or requested == "fp32":
+            return cls("fp32", device.type)
+        if requested == "auto":
+            requested = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        return cls(requested, device.type)
 
     @property
     def enabled(self) -> bool:
@@ -152,10 +270,14 @@ def train_epoch(
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module,
     precision: Precision = Precision(), scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
-    """One pass over the training subset; returns (mean loss, samples seen by this worker)."""
+    """One pass over the training subset: (mean loss, samples seen), over all workers' shards.
+
+    The loss is summed on the device and read once, after the pass: no step waits for the host.
+    """
     model.train()
-    scaler = scaler or precision.scaler()
-    total, seen = 0.0, 0
+    scaler = scaler if scaler is not None else precision.scaler()
+    total: torch.Tensor | None = None
+    seen = 0
     for x, y in batches:
         with precision.autocast():
             loss = loss_fn(model(normalize(x)), y)
@@ -164,33 +286,78 @@ def train_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total += loss.item() * len(y)
+        step_total = loss.detach().float().reshape(1) * len(y)
+        total = step_total if total is None else total + step_total
         seen += len(y)
-    return total / max(seen, 1), seen
+    loss_sum, samples = _all_reduced(total, seen, model, width=1)
+    return loss_sum / max(samples, 1.0), int(samples)
+
+
+class Evaluation(NamedTuple):
+    loss: float
+    acc: float
+    images: int  # counted over all workers, each once
 
 
 @torch.no_grad()
+def evaluation(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize: Any, loss_fn: nn.Module,
+    precision: Precision = Precision(),
+) -> Evaluation:
+    """Loss, accuracy and images counted on a split (validation or test), summed over all workers.
+
+    A DDP model is evaluated unwrapped (evaluation needs no gradient synchronisation, and workers may hold
+    different numbers of batches), with rank 0's buffers, the ones its checkpoint holds.
+    """
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    net.eval()
+    _broadcast_buffers(net)
+    sums: torch.Tensor | None = None
+    count = 0
+    for x, y in batches:
+        with precision.autocast():
+            logits = net(normalize(x)).float()
+        batch = torch.stack([loss_fn(logits, y).double() * len(y), (logits.argmax(1) == y).sum().double()])
+        sums = batch if sums is None else sums + batch
+        count += len(y)
+    loss_sum, correct, images = _all_reduced(sums, count, net, width=2)
+    return Evaluation(loss_sum / max(images, 1.0), correct / max(images, 1.0), int(images))
+
+
 def evaluate(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize: Any, loss_fn: nn.Module,
     precision: Precision = Precision(),
 ) -> tuple[float, float]:
     """(mean loss, accuracy) on the validation split, summed over all workers."""
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
-    for x, y in batches:
-        with precision.autocast():
-            logits = model(normalize(x)).float()
-        sums += torch.tensor([loss_fn(logits, y).item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)])
-    sums = _all_reduce(sums)
-    count = max(float(sums[2]), 1.0)
-    return float(sums[0]) / count, float(sums[1]) / count
+    result = evaluation(model, batches, normalize, loss_fn, precision)
+    return result.loss, result.acc
 
 
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = t.to(torch.float64)
-        torch.distributed.all_reduce(t)
-    return t
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduced(sums: torch.Tensor | None, count: int, model: nn.Module, width: int) -> list[float]:
+    """``[*sums, count]`` summed over all workers by one all-reduce on the training device (the tensor a CUDA-only
+    backend such as NCCL requires), then read on the host once."""
+    device = sums.device if sums is not None else _device_of(model)
+    local = sums.to(torch.float64) if sums is not None else torch.zeros(width, dtype=torch.float64, device=device)
+    totals = torch.cat([local, torch.tensor([float(count)], dtype=torch.float64, device=device)])
+    if _distributed():
+        torch.distributed.all_reduce(totals)
+    return [float(v) for v in totals.tolist()]
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Every worker gets rank 0's buffers (BatchNorm statistics drift apart in each worker's last steps)."""
+    if _distributed() and torch.distributed.get_world_size() > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 @dataclass
@@ -235,20 +402,21 @@ class Stepper:
         return train_epoch(self.net, batches, self.normalize, self.optimizer, self.scheduler, self.loss_fn,
                            self.precision, self.scaler)
 
-    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
-        return evaluate(self.net, batches, self.normalize, self.loss_fn, self.precision)
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Evaluation:
+        return evaluation(self.net, batches, self.normalize, self.loss_fn, self.precision)
 
 
 @dataclass(frozen=True)
 class EpochResult:
     epoch: int
-    train_loss: float
-    samples: int  # seen by this worker
+    train_loss: float  # over all workers' shards
+    samples: int  # seen by all workers
     val_loss: float
     val_acc: float
     seconds: float  # training and validation (a test pass, when asked for, is not counted)
     test_loss: float | None = None
     test_acc: float | None = None
+    val_images: int = 0  # validation images counted, over all workers
 
 
 def fit(
@@ -264,14 +432,22 @@ def fit(
             before_epoch(epoch)
         started = time.perf_counter()
         train_loss, seen = stepper.train(train)
-        val_loss, val_acc = stepper.evaluate(val)
+        scores = stepper.evaluate(val)
         seconds = time.perf_counter() - started
-        test_loss, test_acc = stepper.evaluate(test) if test is not None else (None, None)
-        yield EpochResult(epoch, train_loss, seen, val_loss, val_acc, seconds, test_loss, test_acc)
+        tested = stepper.evaluate(test) if test is not None else None
+        yield EpochResult(epoch, train_loss, seen, scores.loss, scores.acc, seconds,
+                          tested.loss if tested else None, tested.acc if tested else None, scores.images)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker function: build, (resume), train, evaluate and report every epoch."""
+    """The Ray Train worker function: build, (resume), train, evaluate and report every epoch.
+
+    Debugging hook (tests, ``scripts/gpu_check.py``): with ``TLSEARCH_DEBUG_DIR`` naming a folder in the workers'
+    environment, every worker writes ``<run>-rank<rank>.json`` there after each epoch (see :func:`_debug_record`):
+    its rank, world size, device (and GPU UUID), process-group backend, precision, channels-last, its training
+    shard and validation share of each epoch (positions in the trial's subset and split) and the metrics it
+    reported.
+    """
     import ray
     import ray.train
     import ray.train.torch
@@ -287,21 +463,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
     context = ray.train.get_context()
-    world = context.get_world_size()
+    rank, world = context.get_world_rank(), context.get_world_size()
     payload: Payload = ray.get(config["payload"][0])
 
-    model, plan = build_model(spec, hp, payload.source)
     device = ray.train.torch.get_device()
-    inputs = trial_inputs(model.to(device), hp, spec, payload, normalizer(spec.input_spec, device),
-                          config.get("feature_cache"), with_test=spec.evaluate_test)
-    steps = spec.max_epochs * max(1, len(inputs.train) // world)
-    optimizer, scheduler = make_optimizer(model, plan, hp, spec.weight_decay, steps)
+    precision = Precision.resolve(spec.precision, device)
+    model, plan = build_model(spec, hp, payload.source)
+    channels_last = place(model, device)
+    inputs = trial_inputs(model, hp, spec, payload, normalizer(spec.input_spec, device, channels_last),
+                          config.get("feature_cache"), with_test=spec.evaluate_test, rank=rank, world=world,
+                          pin_memory=device.type == "cuda")
+    optimizer, scheduler = make_optimizer(model, plan, hp, spec.weight_decay, spec.max_epochs * len(inputs.train))
+    scaler = precision.scaler()
     cost, first_epoch = Cost(), 1
     history: list[dict[str, Any]] = []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            cost, first_epoch, history = _restore(folder, model, optimizer, scheduler)
+            cost, first_epoch, history = _restore(folder, model, optimizer, scheduler, scaler)
         since = time.time() - (time.perf_counter() - process_started)
     # A trial restarted by a resumed search gets a fresh result log from Tune (Tune holds no checkpoint of a
     # function trainable, so it restores none of its logs), and Tune may not have logged the last epoch before
@@ -311,11 +490,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if first_epoch > spec.max_epochs:
         return
 
-    net = ray.train.torch.prepare_model(inputs.net)
-    train_loader = ray.train.torch.prepare_data_loader(inputs.train)
-    val_loader = ray.train.torch.prepare_data_loader(inputs.val)
-    test_loader = ray.train.torch.prepare_data_loader(inputs.test) if inputs.test is not None else None
-    stepper = Stepper(net, inputs.normalize, optimizer, scheduler, precision=Precision(spec.precision, device.type))
+    net = ray.train.torch.prepare_model(inputs.net)  # DDP with several workers; the loaders are already sharded
+    train_loader, val_loader = DeviceBatches(inputs.train, device), DeviceBatches(inputs.val, device)
+    test_loader = DeviceBatches(inputs.test, device) if inputs.test is not None else None
+    stepper = Stepper(net, inputs.normalize, optimizer, scheduler, precision=precision, scaler=scaler)
     static = {
         "train_size": inputs.train_size, "num_groups": plan.num_groups, "flops_per_sample": inputs.flops_per_sample,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -325,22 +503,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     devices = world * spec.devices_per_worker
     # This process's start-up: from the trial's start to here, less the shared passes it ran for other trials.
     cost.startup_s += max(0.0, time.time() - since - inputs.shared_seconds) * devices
+    debug_dir = os.environ.get(DEBUG_ENV)
+    setup = {"run": context.get_experiment_name(), "rank": rank, "world": world, **_device_facts(device),
+             "precision": precision.name, "channels_last": channels_last, "started_at": time.time() - (
+                 time.perf_counter() - process_started), "train_size": inputs.train_size}
 
     def before_epoch(epoch: int) -> None:
-        sampler = getattr(train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        train_loader.sampler.set_epoch(epoch)
         inject_fault(epoch)
 
     for result in fit(stepper, train_loader, val_loader, range(first_epoch, spec.max_epochs + 1),
                       test=test_loader, before_epoch=before_epoch):
-        cost.add(result.seconds, devices, result.samples * world, inputs.flops_per_sample)
+        cost.add(result.seconds, devices, result.samples, inputs.flops_per_sample)
         metrics = {"epoch": result.epoch, "val_acc": result.val_acc, "val_loss": result.val_loss,
                    "train_loss": result.train_loss, **asdict(cost), **static}
         if result.test_acc is not None:
             metrics |= {"test_acc": result.test_acc, "test_loss": result.test_loss}
         history.append(metrics)
-        _report(history, model, optimizer, scheduler, cost, context.get_world_rank())
+        if debug_dir:
+            _debug_record(debug_dir, setup, result, metrics, train_loader, val_loader, scaler)
+        _report(history, model, optimizer, scheduler, cost, rank, scaler)
 
 
 @dataclass(frozen=True)
@@ -366,9 +548,12 @@ class TrialInputs:
 
 def trial_inputs(
     model: nn.Module, hp: Hyper, spec: TrialSpec, payload: Payload, normalize: Any, cache: Any,
-    with_test: bool = False,
+    with_test: bool = False, *, rank: int = 0, world: int = 1, pin_memory: bool = False,
 ) -> TrialInputs:
-    """The whole model on images; or, for a linear probe, its classifier on frozen features computed once."""
+    """The whole model on images; or, for a linear probe, its classifier on frozen features computed once.
+
+    ``model`` and ``normalize`` are on the training device; the loaders are worker ``rank``'s of ``world``.
+    """
     train_idx, val_idx = subset(payload, hp)
     test_idx = torch.from_numpy(payload.test) if with_test and payload.test is not None else None
     labels = payload.labels
@@ -378,11 +563,13 @@ def trial_inputs(
     if cached is None:
         flops, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
         sets = [(payload.images[i], labels[i]) if i is not None else None for i in (train_idx, val_idx, test_idx)]
-        train, val, test = loaders(sets[0], sets[1], spec, sets[2])  # type: ignore[arg-type]
+        train, val, test = loaders(sets[0], sets[1], spec, sets[2],  # type: ignore[arg-type]
+                                   rank=rank, world=world, pin_memory=pin_memory)
         return TrialInputs(model, normalize, train, val, test, len(train_idx), flops, "off")
     classifier: nn.Module = model.get_classifier()  # type: ignore[operator]
     test_set = (cached.test, labels[test_idx]) if cached.test is not None and test_idx is not None else None
-    train, val, test = loaders((cached.train, labels[train_idx]), (cached.val, labels[val_idx]), spec, test_set)
+    train, val, test = loaders((cached.train, labels[train_idx]), (cached.val, labels[val_idx]), spec, test_set,
+                               rank=rank, world=world, pin_memory=pin_memory)
     return TrialInputs(
         classifier, _identity, train, val, test, len(train_idx),
         _classifier_flops(classifier, cached.train[:2], loss_fn), "miss" if cached.computed_images else "hit",
@@ -400,9 +587,12 @@ def _classifier_features(
 ) -> features.Features | None:
     """Cached frozen-part outputs for a linear probe, or None when the trial must run the whole model."""
     train_idx, val_idx, test_idx = idx
-    if not features.eligible(model) or not features.matches(model, normalize(payload.images[val_idx[:4]])):
+    if not features.eligible(model):
         return None
-    flops = features.forward_flops_per_image(model, normalize(payload.images[val_idx[:2]]))
+    probe = normalize(payload.images[val_idx[:4]].to(_device_of(model)))  # the normaliser lives on that device
+    if not features.matches(model, probe):
+        return None
+    flops = features.forward_flops_per_image(model, probe[:2])
     keys = [("train", hp.freeze_depth, hp.data_fraction, payload.split_seed), ("val", hp.freeze_depth)]
     sets = [train_idx, val_idx]
     if test_idx is not None:
@@ -451,9 +641,46 @@ def inject_fault(epoch: int) -> None:
         os.kill(os.getpid(), 9)
 
 
+DEBUG_ENV = "TLSEARCH_DEBUG_DIR"
+
+
+def _device_facts(device: torch.device) -> dict[str, Any]:
+    """The device a worker trains on, its GPU's UUID (so two workers on one GPU can be told apart from two GPUs)
+    and the process group's backend."""
+    gpu = str(torch.cuda.get_device_properties(device).uuid) if device.type == "cuda" else None
+    backend = str(torch.distributed.get_backend()) if _distributed() else None
+    return {"device": str(device), "gpu_uuid": gpu, "backend": backend,
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+
+
+def _debug_record(
+    folder: str, setup: dict[str, Any], result: EpochResult, metrics: dict[str, Any], train: DeviceBatches,
+    val: DeviceBatches, scaler: torch.amp.GradScaler,
+) -> None:
+    """Add this epoch to the worker's ``<folder>/<run>-rank<rank>.json`` (rewritten whole, atomically):
+    ``setup`` (rank, world, device, precision, ...), then per epoch its training shard (``train``: positions in
+    the trial's subset), its validation share (``val``: positions in the split), the validation images counted
+    over all workers (``val_images``), the gradient scaler's scale (fp16) and the metrics reported."""
+    path = os.path.join(folder, f"{setup['run']}-rank{setup['rank']}.json")
+    record: dict[str, Any] = {**setup, "epochs": []}
+    if os.path.exists(path):
+        with open(path) as fh:
+            record["epochs"] = json.load(fh)["epochs"]
+    record["epochs"].append({
+        "epoch": result.epoch, "train": train.sampler.last, "val": val.sampler.last,
+        "val_images": result.val_images, "scale": scaler.get_scale() if scaler.is_enabled() else None,
+        "ended_at": time.time(), "metrics": metrics,
+    })
+    os.makedirs(folder, exist_ok=True)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(record, fh, default=float)
+    os.replace(path + ".tmp", path)
+
+
 def _report(
     history: list[dict[str, Any]], model: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, rank: int,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """Report the newest epoch of ``history``; rank 0 attaches the checkpoint."""
     import ray.train
@@ -462,37 +689,45 @@ def _report(
         ray.train.report(history[-1])
         return
     with tempfile.TemporaryDirectory() as folder:
-        _save(folder, model, optimizer, scheduler, cost, history)
+        _save(folder, model, optimizer, scheduler, cost, history, scaler)
         ray.train.report(history[-1], checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _save(
     folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, cost: Cost, history: list[dict[str, Any]],
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Model (safetensors), optimizer, scheduler and RNG state, and the metrics of every epoch so far."""
+    """Model (safetensors), optimizer, scheduler, gradient scaler (fp16) and RNG state, and every epoch's metrics."""
     inner: nn.Module = getattr(model, "module", model)
     state = {k: v.detach().contiguous().cpu() for k, v in inner.state_dict().items()}
     save_safetensors(state, os.path.join(folder, "model.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-         "torch_rng": torch.get_rng_state()},
-        os.path.join(folder, "train_state.pt"),
-    )
+    train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                   "torch_rng": torch.get_rng_state()}
+    if scaler is not None and scaler.is_enabled():
+        train_state["scaler"] = scaler.state_dict()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        train_state["cuda_rng"] = torch.cuda.get_rng_state()
+    torch.save(train_state, os.path.join(folder, "train_state.pt"))
     with open(os.path.join(folder, "progress.json"), "w") as fh:
         json.dump({"epoch": history[-1]["epoch"], "cost": asdict(cost), "history": history}, fh, default=float)
 
 
 def _restore(
     folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[Cost, int, list[dict[str, Any]]]:
-    """Load a checkpoint into the model and optimizer: (cost so far, next epoch, every epoch's metrics so far)."""
+    """Load a checkpoint into the model, optimizer, scheduler and scaler: (cost so far, next epoch, every epoch's
+    metrics so far)."""
     model.load_state_dict(load_safetensors(os.path.join(folder, "model.safetensors")))
     state = torch.load(os.path.join(folder, "train_state.pt"), map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and scaler.is_enabled() and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
     with open(os.path.join(folder, "progress.json")) as fh:
         progress = json.load(fh)
     return Cost(**progress["cost"]), int(progress["epoch"]) + 1, list(progress.get("history", []))

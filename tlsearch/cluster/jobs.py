@@ -3,13 +3,22 @@
 :func:`plan_submission` takes the :class:`~tlsearch.config.SearchConfig` built exactly as ``tlsearch run`` builds
 it, decides where results go (:func:`check_storage`: ``s3://``, ``gs://`` or an absolute path; a node-local path
 is refused on a multi-node cluster unless marked shared), makes local paths inside the working directory
-relative, and serialises the config. :func:`submit` ships it as a file in the job's working directory and runs
-``python -m tlsearch run --config FILE`` there, with the tlsearch package and its requirements.
+relative, and serialises the config. :func:`submit` writes it as a file into the working directory just for the
+submission and runs ``python -m tlsearch run --config FILE`` there, with the tlsearch package and its
+requirements.
+
+Why a file in the working directory: on every node the job starts inside its unpacked copy of that directory,
+so a relative name is the one path known before the job runs (a separate folder would have to be a
+``py_modules`` entry, unpacked at a path the entrypoint cannot name), and the config travels in the same
+content-hashed package as the files it refers to. Its name is unique per submission (concurrent submits from one
+folder do not collide), it is removed once the package is uploaded, and :func:`upload_exclusion` refuses the
+one way Ray could silently leave it behind: a ``.gitignore``/``.rayignore`` rule that matches it.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import shlex
 import uuid
@@ -97,20 +106,53 @@ def check_storage(path: str | None, *, multi_node: bool, shared: bool, where: st
 def ship_paths(config: SearchConfig, working_dir: Path, note: Callable[[str], None]) -> SearchConfig:
     """Local files inside the working directory become relative (they travel with the job).
 
-    Others are left as they are, with a note that they must exist on the cluster nodes.
+    Others (outside it, or left out of the upload) become absolute, with a note that they must exist at that
+    path on the cluster nodes. Names that are not local paths (``digits-split``, ``s3://...``) stay as given.
     """
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {"address": None}  # the job runs on the cluster it was submitted to
     for key in PATH_FIELDS:
         raw = getattr(config, key)
-        if not raw or not Path(raw).expanduser().exists():
+        if not raw or not storage.is_local(raw) or not Path(raw).expanduser().exists():
             continue
         path = Path(raw).expanduser().resolve()
-        try:
-            changes[key] = str(path.relative_to(working_dir))
-        except ValueError:
-            note(f"tlsearch: {key} {raw} is outside the working directory {working_dir}; it must exist "
-                 "at that path on the cluster nodes")
+        if not path.is_relative_to(working_dir):
+            problem = f"is outside the working directory {working_dir}"
+        elif (rule := upload_exclusion(path, working_dir)) is not None:
+            problem = f"is left out of the upload by {rule}"
+        else:
+            changes[key] = path.relative_to(working_dir).as_posix()
+            continue
+        changes[key] = str(path)
+        note(f"tlsearch: {key} {raw} {problem}; it must exist at {path} on the cluster nodes")
     return replace(config, **changes)
+
+
+def upload_exclusion(path: Path, working_dir: Path) -> str | None:
+    """What keeps ``path`` (inside ``working_dir``) out of the job's package, or None when it travels.
+
+    The rules are Ray's own, applied the way Ray packs a working directory: the runtime env's ``excludes``
+    (:data:`EXCLUDES`), and every ``.rayignore`` and ``.gitignore`` (unless ``RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1``)
+    in the folders from ``working_dir`` down to ``path``.
+    """
+    from ray._private.runtime_env import packaging  # Ray's matchers (ray is pinned to one minor version)
+
+    ignore_files = [".rayignore"]
+    if os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1":
+        ignore_files.append(".gitignore")
+    rules: list[tuple[str, Callable[[Path], bool]]] = [
+        ("the runtime env's excludes", packaging._get_excludes(working_dir, EXCLUDES)),
+    ]
+    folder = working_dir
+    for part in path.relative_to(working_dir).parts:
+        for name in ignore_files:
+            match = packaging._get_ignore_file(folder, name)
+            if match is not None:
+                rules.append((str(folder / name), match))
+        folder = folder / part
+        for rule, match in rules:
+            if match(folder):
+                return rule
+    return None
 
 
 def pip_requirements() -> list[str]:
@@ -158,6 +200,12 @@ def plan_submission(
     if storage_path and config.results_dir not in ("results", storage_path):
         raise ClusterError(f"--storage-path {storage_path!r} and --results-dir {config.results_dir!r} differ; "
                            "give one of them")
+    folder = Path(working_dir).expanduser().resolve()
+    config_file = f".tlsearch-submit-{uuid.uuid4().hex[:12]}.yaml"
+    rule = upload_exclusion(folder / config_file, folder)
+    if rule is not None:
+        raise ClusterError(f"the job's config file {config_file} would be left out of the upload by {rule}; "
+                           "add the line '!.tlsearch-submit-*.yaml' to it")
     target = storage_path or config.results_dir
     where = f"the cluster at {conn.address}"
     multi_node = False
@@ -166,9 +214,7 @@ def plan_submission(
         multi_node = shape.multi_node(config.use_gpu, is_loopback(urlsplit(conn.address).hostname or ""))
         where += f" ({shape.nodes} node(s) alive)" if shape.nodes is not None else " (its nodes could not be listed)"
     target = check_storage(target, multi_node=multi_node, shared=shared_storage, where=where)
-    folder = Path(working_dir).expanduser().resolve()
     shipped = ship_paths(replace(config, results_dir=target), folder, note)
-    config_file = f".tlsearch-submit-{uuid.uuid4().hex[:12]}.yaml"
     command = ["python", "-m", "tlsearch", "run", "--config", config_file, *(["-v"] * verbose)]
     metadata = {"submitted_by": "tlsearch", "tlsearch_version": __version__, "results_dir": target}
     return JobRequest(shlex.join(command), runtime_env(folder, install), metadata, config_file,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsearch import results, storage
+from tlsearch.report import stats
 from tlsearch.report.analysis import (
     Experiment,
     Hit,
@@ -23,7 +24,7 @@ from tlsearch.report.analysis import (
     load_experiment,
     pick_experiment,
 )
-from tlsearch.report.markdown import headline, hit_text, markdown, pct, ratio_text, summary
+from tlsearch.report.markdown import UNCONFIRMED, headline, hit_text, markdown, pct, ratio_text, summary
 
 __all__ = [
     "Experiment", "Hit", "Report", "ReportError", "ReportOutcome", "TargetRow", "build_report", "headline",
@@ -53,18 +54,26 @@ def report_folder(location: str | Path, name: str) -> str:
 
 
 def summary_json(report: Report) -> dict[str, Any]:
-    """The report's numbers, machine-readable."""
+    """The report's numbers, machine-readable (``summary.json``): confirmed ones first, then the search's."""
+    s = report.savings
     return {
         "experiment": report.exp.name,
         "confirmed": not report.unconfirmed,
+        "compute": "device-seconds: device_s + startup_s + shared_device_s (null counts 0)",
+        "verdicts": list(stats.VERDICTS),
+        "per_data_fraction": [
+            {**asdict(r), "runs_reached": {"pretrained": r.pretrained.reached, "scratch": r.scratch.reached}}
+            for r in report.confirmed
+        ],
         "best_trial": report.best,
-        "per_data_fraction": [asdict(r) for r in report.confirmed],
-        "compute_to_target_unconfirmed": [asdict(r) for r in report.to_target],
-        "costs": asdict(report.costs),
-        "asha_estimate": {"spent_device_s": report.savings.spent_device_s,
-                          "full_device_s": report.savings.full_device_s,
-                          "saved_share": report.savings.saved_share,
-                          "confirmed_full_s": report.savings.confirmed_full_s},
+        "compute_to_target_unconfirmed": [
+            {**asdict(r), "ratio": r.compute_ratio, "flops_ratio": r.flops_ratio, "basis": UNCONFIRMED}
+            for r in report.to_target
+        ],
+        "costs": {**asdict(report.costs), "source_in_ratios": False},
+        "asha": {"estimate": True, "spent_device_s": s.spent_device_s, "full_device_s": s.full_device_s,
+                 "saved_device_s": s.saved_device_s, "saved_share": s.saved_share,
+                 "measured_by_confirm": [asdict(m) for m in s.measured]},
     }
 
 

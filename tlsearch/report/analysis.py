@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -87,7 +87,7 @@ def load_experiment(path: str | Path, name: str | None = None) -> Experiment:
 class Hit:
     """Where one arm first reached the target at one data fraction (None: not reached)."""
 
-    device_s: float | None = None  # everything paid up to that epoch (training + start-up + shared passes)
+    compute_s: float | None = None  # device-s paid up to that epoch (training + start-up + shared passes)
     train_flops: float | None = None
     trial_id: str | None = None  # the trial that got there for the least compute
     epoch: int | None = None
@@ -107,8 +107,8 @@ class TargetRow:
     scratch: Hit
 
     @property
-    def device_ratio(self) -> float | None:
-        return _ratio(self.scratch.device_s, self.pretrained.device_s)
+    def compute_ratio(self) -> float | None:
+        return _ratio(self.scratch.compute_s, self.pretrained.compute_s)
 
     @property
     def flops_ratio(self) -> float | None:
@@ -175,7 +175,7 @@ def accuracy_by(exp: Experiment, column: str) -> list[GroupBest]:
 class Point:
     trial_id: str
     init: str
-    device_s: float  # compute paid up to the first epoch reaching the trial's best val_acc
+    compute_s: float  # device-s paid up to the first epoch reaching the trial's best val_acc
     val_acc: float
     epoch: int
 
@@ -194,7 +194,7 @@ def trial_points(exp: Experiment) -> list[Point]:
 def pareto_front(points: list[Point]) -> list[Point]:
     """Points no other point beats on both accuracy (higher) and compute (lower), cheapest first."""
     front: list[Point] = []
-    for p in sorted(points, key=lambda p: (p.device_s, -p.val_acc, p.trial_id)):
+    for p in sorted(points, key=lambda p: (p.compute_s, -p.val_acc, p.trial_id)):
         if not front or p.val_acc > front[-1].val_acc:
             front.append(p)
     return front
@@ -212,11 +212,22 @@ class TrialCost:
 
 
 @dataclass(frozen=True)
+class FullRun:
+    """One configuration ``tlsearch confirm`` repeated: the search's estimate of a full run beside the measure."""
+
+    trial_id: str  # the search trial whose configuration was repeated
+    status: str
+    epochs: int  # how many epochs it ran in the search
+    estimated_device_s: float  # its full_device_s (what it spent, if it was not stopped)
+    measured_device_s: float  # the mean training device-seconds of its confirmation runs to max_epochs
+    runs: int
+
+
+@dataclass(frozen=True)
 class AshaSavings:
     max_epochs: int
     trials: list[TrialCost] = field(default_factory=list)
-    confirmed_full_s: float | None = None  # measured: mean full-run training cost of the confirmed runs
-    estimated_full_s: float | None = None  # the estimate for the same configurations
+    measured: list[FullRun] = field(default_factory=list)  # empty until `tlsearch confirm` ran
 
     @property
     def spent_device_s(self) -> float:
@@ -275,25 +286,32 @@ def asha_savings(exp: Experiment) -> AshaSavings:
 
 def _with_confirmed(savings: AshaSavings, exp: Experiment) -> AshaSavings:
     """Beside the estimate, the measured full-run cost of the configurations ``tlsearch confirm`` repeated."""
-    if not exp.confirm:
-        return savings
-    by_run: dict[str, dict[str, Any]] = {}
-    for row in exp.confirm:
-        by_run[row["run_id"]] = row  # sorted by epoch: the last row is the full run
-    sources = {r["source_trial_id"] for r in exp.confirm}
-    estimated = [t.full_device_s for t in savings.trials if t.trial_id in sources]
-    measured = [float(r["device_s"] or 0.0) for r in by_run.values()]
-    return AshaSavings(savings.max_epochs, savings.trials, sum(measured) / len(measured),
-                       sum(estimated) / len(estimated) if estimated else None)
+    full: dict[str, list[float]] = {}
+    for curve in _runs(exp.confirm).values():
+        full.setdefault(str(curve[-1]["source_trial_id"]), []).append(float(curve[-1]["device_s"] or 0.0))
+    measured = [FullRun(t.trial_id, t.status, t.epochs, t.full_device_s, sum(full[t.trial_id]) / len(full[t.trial_id]),
+                        len(full[t.trial_id])) for t in savings.trials if t.trial_id in full]
+    return replace(savings, measured=measured)
 
 
 # ------------------------------------------------------------------------------------------- confirmed runs
 @dataclass(frozen=True)
 class ArmRuns:
+    """One arm's confirmation runs at one data fraction."""
+
     runs: int
     test_acc: stats.Interval | None  # of each run's best-validation epoch
     best_val_acc: stats.Interval | None
-    to_target: list[float]  # compute-to-target of the runs that reached it
+    to_target: dict[str, float | None]  # run_id -> compute paid up to its first epoch at the target; None: never
+    paid: dict[str, float]  # run_id -> everything the whole run paid
+
+    @property
+    def reached(self) -> int:
+        return sum(v is not None for v in self.to_target.values())
+
+    def compute(self) -> list[stats.RunCompute]:
+        """Each run's compute-to-target, or what it paid in all when it never got there (a lower bound)."""
+        return [stats.RunCompute(self.paid[k] if v is None else v, v is not None) for k, v in self.to_target.items()]
 
 
 @dataclass(frozen=True)
@@ -303,49 +321,56 @@ class ConfirmedFraction:
     target_how: str
     pretrained: ArmRuns
     scratch: ArmRuns
-    ratio: stats.Interval | None
+    ratio: stats.Interval | None  # scratch / pretrained compute-to-target (geometric means)
     verdict: str
 
 
-def _runs(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    runs: dict[str, list[dict[str, Any]]] = {}
+def _runs(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Rows grouped by run_id, each run's epochs in order."""
+    runs: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        runs.setdefault(row["run_id"], []).append(row)
-    return {k: sorted(v, key=lambda r: r["epoch"]) for k, v in runs.items()}
+        runs.setdefault(str(row["run_id"]), []).append(row)
+    return {k: sorted(v, key=lambda r: r["epoch"]) for k, v in sorted(runs.items())}
 
 
-def _best_epoch(curve: list[dict[str, Any]]) -> dict[str, Any]:
+def best_epoch(curve: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """A run's best-validation epoch (ties: the earlier)."""
     return max(curve, key=lambda r: (r["val_acc"] if r["val_acc"] is not None else -1.0, -r["epoch"]))
 
 
-def _arm(runs: dict[str, list[dict[str, Any]]], target: float) -> ArmRuns:
-    curves = list(runs.values())
-    best = [_best_epoch(c) for c in curves]
+def _first_at(curve: Sequence[Mapping[str, Any]], target: float) -> float | None:
+    return next((paid(r) for r in curve if r["val_acc"] is not None and r["val_acc"] >= target), None)
+
+
+def _arm(runs: Mapping[str, Sequence[Mapping[str, Any]]], target: float) -> ArmRuns:
+    best = [best_epoch(c) for c in runs.values()]
     tests = [b["test_acc"] for b in best if b["test_acc"] is not None]
     vals = [b["val_acc"] for b in best if b["val_acc"] is not None]
-    reached = [paid(h) for c in curves for h in first_hits(c, target)[:1]]
-    return ArmRuns(len(curves), stats.mean_interval(tests) if tests else None,
-                   stats.mean_interval(vals) if vals else None, reached)
+    return ArmRuns(len(runs), stats.mean_interval(tests) if tests else None,
+                   stats.mean_interval(vals) if vals else None,
+                   {k: _first_at(c, target) for k, c in runs.items()}, {k: paid(c[-1]) for k, c in runs.items()})
 
 
 def confirmed(exp: Experiment, target_acc: float | None = None) -> list[ConfirmedFraction]:
-    """Per data fraction with runs of both arms: intervals, the compute ratio with its interval, a verdict."""
+    """Per data fraction with runs of both arms: intervals, the compute ratio with its interval, a verdict.
+
+    The target is ``target_acc`` when given, else the mean over scratch's runs of their best val_acc there.
+    """
     out = []
-    for fraction in sorted({r["data_fraction"] for r in exp.confirm}):
-        rows = [{**r, "trial_id": r["run_id"]} for r in exp.confirm if r["data_fraction"] == fraction]
-        by_arm = {arm: _runs([r for r in rows if r["init"] == arm]) for arm in ARMS}
-        if not all(by_arm.values()):
-            continue
+    for fraction in sorted({r["data_fraction"] for r in exp.confirm if r["data_fraction"] is not None}):
+        by_arm = {arm: _runs(r for r in exp.confirm if r["data_fraction"] == fraction and r["init"] == arm)
+                  for arm in ARMS}
+        scratch_best = [v for c in by_arm["scratch"].values() if (v := best_epoch(c)["val_acc"]) is not None]
+        if not by_arm["pretrained"] or not scratch_best:
+            continue  # one arm only: nothing to compare (the Markdown names such fractions)
         if target_acc is not None:
             target, how = target_acc, "given with --target-acc"
         else:
-            scratch_best = [_best_epoch(c)["val_acc"] for c in by_arm["scratch"].values()]
             target, how = sum(scratch_best) / len(scratch_best), "scratch's mean best val_acc"
         arms = {arm: _arm(by_arm[arm], target) for arm in ARMS}
-        ratio = (stats.ratio_interval(arms["scratch"].to_target, arms["pretrained"].to_target)
-                 if arms["scratch"].to_target and arms["pretrained"].to_target else None)
-        verdict = stats.verdict(len(arms["scratch"].to_target), len(arms["pretrained"].to_target), ratio)
-        out.append(ConfirmedFraction(fraction, target, how, arms["pretrained"], arms["scratch"], ratio, verdict))
+        found = stats.compare(arms["scratch"].compute(), arms["pretrained"].compute())
+        out.append(ConfirmedFraction(fraction, target, how, arms["pretrained"], arms["scratch"], found.ratio,
+                                     found.verdict))
     return out
 
 

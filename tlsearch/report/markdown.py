@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tlsearch import results
-from tlsearch.report.analysis import ARMS, TOP_CURVES, ConfirmedFraction, Experiment, Hit, Report, TargetRow
+from tlsearch.report.analysis import ARMS, TOP_CURVES, ArmRuns, ConfirmedFraction, Experiment, Hit, Report, TargetRow
+from tlsearch.report.stats import Interval
 
 UNCONFIRMED = "from the search, unconfirmed"
 
@@ -37,7 +38,7 @@ def summary(trials: pa.Table) -> list[str]:
         f"best: trial {best['trial_id']} val_acc {best['best_val_acc']:.4f}{test} at epoch {best['best_epoch']} "
         f"({best['init']}, freeze_depth {best['freeze_depth']}, head_lr {best['head_lr']:.2e}, "
         f"backbone_lr {best['backbone_lr']:.2e}, data_fraction {best['data_fraction']:g}; "
-        f"{best['device_s']:.1f} device-s, {best['train_flops']:.3g} train FLOPs)"
+        f"{num(best['device_s'], '.1f')} device-s, {num(best['train_flops'])} train FLOPs)"
     )
     lines.append("data_fraction  pretrained val / test (device-s)   scratch val / test (device-s)")
     for fraction in sorted({r["data_fraction"] for r in rows} - {None}):
@@ -52,23 +53,23 @@ def _summary_cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "-- (no trial)"
     test = f"{row['test_acc']:.4f}" if row.get("test_acc") is not None else "--"
-    return f"{row['best_val_acc']:.4f} / {test} ({row['device_s']:7.1f})"
+    return f"{row['best_val_acc']:.4f} / {test} ({num(row['device_s'], '7.1f')})"
 
 
 # ----------------------------------------------------------------------------------------------- headline
 def hit_text(hit: Hit) -> str:
-    if hit.device_s is None:
+    if hit.compute_s is None:
         return "not reached"
     flops = f"{hit.train_flops:.3g}" if hit.train_flops is not None else "--"
-    return f"{hit.device_s:.1f} device-s, {flops} FLOPs (trial {hit.trial_id}, epoch {hit.epoch})"
+    return f"{hit.compute_s:.1f} device-s, {flops} FLOPs (trial {hit.trial_id}, epoch {hit.epoch})"
 
 
 def ratio_text(ratio: float | None, pretrained: Hit, scratch: Hit) -> str:
     if ratio is not None:
         return f"{ratio:.3g}x"
-    if pretrained.device_s is None and scratch.device_s is None:
+    if pretrained.compute_s is None and scratch.compute_s is None:
         return "neither reached"
-    return "scratch not reached" if scratch.device_s is None else "pretrained not reached"
+    return "scratch not reached" if scratch.compute_s is None else "pretrained not reached"
 
 
 def best_text(best: dict[str, Any] | None) -> str:
@@ -85,24 +86,34 @@ def best_text(best: dict[str, Any] | None) -> str:
 
 def target_sentence(row: TargetRow) -> str:
     p, s = row.pretrained, row.scratch
-    if row.device_ratio is not None:
+    if row.compute_ratio is not None:
         flops = f", {row.flops_ratio:.3g}x fewer FLOPs" if row.flops_ratio is not None else ""
-        return (f"pretrained reached {pct(row.target)} with {row.device_ratio:.3g} times less compute "
-                f"({p.device_s:.1f} vs {s.device_s:.1f} device-s{flops})")
-    if p.device_s is not None:
-        return f"pretrained reached {pct(row.target)} in {p.device_s:.1f} device-s; scratch: not reached"
-    if s.device_s is not None:
-        return f"scratch reached {pct(row.target)} in {s.device_s:.1f} device-s; pretrained: not reached"
+        return (f"pretrained reached {pct(row.target)} with {row.compute_ratio:.3g} times less compute "
+                f"({p.compute_s:.1f} vs {s.compute_s:.1f} device-s{flops})")
+    if p.compute_s is not None:
+        return f"pretrained reached {pct(row.target)} in {p.compute_s:.1f} device-s; scratch: not reached"
+    if s.compute_s is not None:
+        return f"scratch reached {pct(row.target)} in {s.compute_s:.1f} device-s; pretrained: not reached"
     return "not reached by either"
+
+
+def interval_text(value: Interval | None, percent: bool = False) -> str:
+    if value is None:
+        return "--"
+    return value.text(100, ".1f", "%") if percent else value.text(spec=".3g", suffix="x")
+
+
+def runs_text(arm: ArmRuns) -> str:
+    """Each run's compute-to-target; a run that never got there shows what it paid in all."""
+    return ", ".join(f"{v:.1f}" if v is not None else f"not reached (paid {arm.paid[k]:.1f})"
+                     for k, v in arm.to_target.items())
 
 
 def confirmed_sentence(row: ConfirmedFraction) -> str:
     p, s = row.pretrained, row.scratch
-    ratio = row.ratio.text(spec=".3g", suffix="x") if row.ratio is not None else "--"
-    return (f"test_acc pretrained {p.test_acc.text(100, '.1f', '%') if p.test_acc else '--'}, scratch "
-            f"{s.test_acc.text(100, '.1f', '%') if s.test_acc else '--'}; compute to {pct(row.target)} "
-            f"({row.target_how}): scratch / pretrained {ratio}, reached by {len(p.to_target)}/{p.runs} pretrained "
-            f"and {len(s.to_target)}/{s.runs} scratch runs -> {row.verdict}")
+    return (f"test_acc pretrained {interval_text(p.test_acc, True)}, scratch {interval_text(s.test_acc, True)}; "
+            f"compute to {pct(row.target)} ({row.target_how}): scratch / pretrained {interval_text(row.ratio)}, "
+            f"reached by {p.reached}/{p.runs} pretrained and {s.reached}/{s.runs} scratch runs -> {row.verdict}")
 
 
 def headline(report: Report) -> list[str]:
@@ -127,14 +138,14 @@ def cost_lines(report: Report) -> list[str]:
               else "unknown (hub weights or no sidecar)")
     lines = [
         f"search cost: {c.training_s:.1f} device-s training, {c.startup_s:.1f} start-up, {c.shared_s:.1f} shared "
-        f"passes; source model pretraining: {source}",
+        "feature passes",
+        f"source model pretraining: {source}",
         f"ASHA (estimate): spent {s.spent_device_s:.1f} device-s of training; the same trials run to {s.max_epochs} "
         f"epochs at their steady per-epoch cost: ~{s.full_device_s:.1f}; saved ~{s.saved_device_s:.1f} ({share})",
     ]
-    if s.confirmed_full_s is not None:
-        lines.append(f"  measured by confirm: a full run of a chosen configuration cost {s.confirmed_full_s:.1f} "
-                     "device-s of training on average (estimate for the same trials: "
-                     f"{num(s.estimated_full_s, '.1f')})")
+    lines += [f"  measured by confirm: trial {m.trial_id} ({m.status} at epoch {m.epochs}) run to {s.max_epochs} "
+              f"epochs cost {m.measured_device_s:.1f} device-s of training (mean of {m.runs} runs); the estimate "
+              f"said {m.estimated_device_s:.1f}" for m in s.measured]
     return lines
 
 
@@ -145,8 +156,9 @@ def markdown(report: Report, plots: dict[str, str]) -> str:
         f"# tlsearch report: {exp.name}", "",
         f"{info.get('model')} on {info.get('dataset')}; {len(exp.trials)} trials ({_status_counts(exp)}); "
         f"max_epochs {info['max_epochs']}, ASHA grace {info.get('grace_period')}, reduction "
-        f"{info.get('reduction_factor')}; {info.get('train_pool_size')} training, {info.get('val_size')} "
-        f"validation and {info.get('test_size')} test images; created {info.get('created_at')}.", "",
+        f"{info.get('reduction_factor')}; {num(info.get('train_pool_size'), 'd')} training, "
+        f"{num(info.get('val_size'), 'd')} validation and {num(info.get('test_size'), 'd')} test images; created "
+        f"{info.get('created_at')}.", "",
         "Validation accuracy (`val_acc`) drove every choice; the test set was read only after the search (the "
         "best trial and the best of each arm and data fraction) and by `tlsearch confirm`. Compute is what a "
         "user pays: device-seconds (wall seconds x CPUs or GPUs held) of training, plus each trial's start-up "
@@ -155,7 +167,7 @@ def markdown(report: Report, plots: dict[str, str]) -> str:
         "How: the trial with the highest `best_val_acc`; ties go to the fewer device-seconds "
         "(`tlsearch.results.best_trial`, the one rule everywhere).", "",
     ]
-    out += _confirmed_section(report)
+    out += _confirmed_section(report, plots)
     out += _target_section(report, plots)
     out += _accuracy_section(report, plots)
     out += _pareto_section(report, plots)
@@ -186,31 +198,40 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
             *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
 
 
-def _confirmed_section(report: Report) -> list[str]:
+def _confirmed_section(report: Report, plots: dict[str, str]) -> list[str]:
     if not report.confirmed:
         return ["## Confirmed numbers", "",
                 f"None yet: every comparison below is {UNCONFIRMED}. Run `tlsearch confirm RESULTS_DIR "
                 "--repeats 3` for test accuracies with intervals, compute ratios with intervals and verdicts.", ""]
-    rows = [(f"{r.data_fraction:g}", r.pretrained.test_acc.text(100, ".1f", "%") if r.pretrained.test_acc else "--",
-             r.scratch.test_acc.text(100, ".1f", "%") if r.scratch.test_acc else "--",
-             f"{pct(r.target)} ({r.target_how})", r.ratio.text(spec=".3g", suffix="x") if r.ratio else "--",
-             f"{len(r.pretrained.to_target)}/{r.pretrained.runs}, {len(r.scratch.to_target)}/{r.scratch.runs}",
-             f"**{r.verdict}**") for r in report.confirmed]
+    rows = [(f"{r.data_fraction:g}", interval_text(r.pretrained.test_acc, True),
+             interval_text(r.scratch.test_acc, True), f"{pct(r.target)} ({r.target_how})",
+             runs_text(r.pretrained), runs_text(r.scratch), interval_text(r.ratio), f"**{r.verdict}**")
+            for r in report.confirmed]
+    compared = {r.data_fraction for r in report.confirmed}
+    alone = sorted({r["data_fraction"] for r in report.exp.confirm} - compared - {None})
     return ["## Confirmed numbers (tlsearch confirm)", "",
             *_table(("data_fraction", "pretrained test_acc", "scratch test_acc", "target val_acc",
-                     "compute ratio scratch / pretrained", "runs reaching it (pretrained, scratch)", "verdict"), rows),
-            "", "How: each (init, data fraction)'s best configuration retrained with new seeds to max_epochs, no "
-            "early stopping. Test accuracy is each run's best-validation epoch, mean [95% t interval]. Compute to "
-            "target is what a run paid (training + start-up + its own frozen-feature passes) up to its first epoch "
-            "at the target; the ratio compares geometric means, its 95% interval is the bootstrap standard error "
-            "of the log ratio over the repeats with Welch's t quantile. Verdicts: `saves` (interval above 1), "
-            "`no evidence` (contains 1, or fewer than 2 runs of an arm reached the target), `costs more` (below "
-            "1, or transfer never reached it), `scratch never reached`.", ""]
+                     "pretrained compute to target, per run", "scratch compute to target, per run",
+                     "scratch / pretrained compute", "verdict"), rows), "",
+            *([f"Confirmed with one arm only, nothing to compare: data fraction(s) "
+               f"{', '.join(f'{f:g}' for f in alone)}.", ""] if alone else []),
+            "How: the best configuration of each (init, data fraction) retrained with new seeds to max_epochs, "
+            "no early stopping; nothing is compared across data fractions. Test accuracy is each run's "
+            "best-validation epoch: mean [95% t interval] (n runs). Compute to target is what a run paid "
+            "(device-seconds of training + start-up + its own frozen-feature passes) up to its first epoch at "
+            "the target; the source model's pretraining is not included. The ratio is scratch / pretrained of the "
+            "geometric means, its 95% interval a seeded bootstrap over the repeats (bootstrap standard error of "
+            "the log ratio, Welch's t quantile; `tlsearch.report.stats`). A run that never reached the target "
+            "counts what it paid in all, a lower bound. Verdicts: `saves` (interval above 1 and every "
+            "pretrained run reached the target), `costs more` (interval below 1 and every scratch run reached "
+            "it), `no evidence` (otherwise, e.g. the interval contains 1, or no pretrained run reached the "
+            "target but the ratio of what they paid is not clearly below 1), `scratch never reached`.", "",
+            *_image(plots, "confirmed", "confirmed runs: test accuracy and compute to target")]
 
 
 def _target_section(report: Report, plots: dict[str, str]) -> list[str]:
     rows = [(f"{r.data_fraction:g}", pct(r.target), hit_text(r.pretrained), hit_text(r.scratch),
-             ratio_text(r.device_ratio, r.pretrained, r.scratch),
+             ratio_text(r.compute_ratio, r.pretrained, r.scratch),
              f"{r.flops_ratio:.3g}x" if r.flops_ratio is not None else "--") for r in report.to_target]
     return ["## Compute to target, " + UNCONFIRMED, "",
             *_table(("data_fraction", "target", "pretrained", "scratch", "scratch / pretrained compute",
@@ -236,7 +257,7 @@ def _accuracy_section(report: Report, plots: dict[str, str]) -> list[str]:
 
 
 def _pareto_section(report: Report, plots: dict[str, str]) -> list[str]:
-    rows = ((p.trial_id, p.init, f"{p.device_s:.1f}", pct(p.val_acc), p.epoch) for p in report.front)
+    rows = ((p.trial_id, p.init, f"{p.compute_s:.1f}", pct(p.val_acc), p.epoch) for p in report.front)
     return ["## Pareto front: accuracy against compute", "",
             *_table(("trial", "init", "device-s", "val_acc", "epoch"), rows), "",
             "How: each trial is one point, its best `val_acc` against what it had paid at the first epoch that "

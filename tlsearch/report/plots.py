@@ -35,8 +35,8 @@ def plot_compute_to_target(report: Report, path: Path) -> None:
         for j, row in enumerate(rows):
             hit = getattr(row, arm)
             x = j + (i - 0.5) * width
-            if hit.device_s is not None:
-                ax.bar(x, hit.device_s, width, color=COLORS[arm], label=arm if j == 0 else None)
+            if hit.compute_s is not None:
+                ax.bar(x, hit.compute_s, width, color=COLORS[arm], label=arm if j == 0 else None)
             else:
                 ax.bar(x, 0, width, color=COLORS[arm], label=arm if j == 0 else None)
                 ax.text(x, 0, "not\nreached", ha="center", va="bottom", fontsize=8, color=COLORS[arm])
@@ -46,6 +46,38 @@ def plot_compute_to_target(report: Report, path: Path) -> None:
     ax.set_title("Compute to reach each fraction's target (from the search, unconfirmed)")
     if rows:
         ax.legend(title="init")
+    _save(fig, path)
+
+
+def plot_confirmed(report: Report, path: Path) -> None:
+    """Per data fraction: test accuracy with its interval, and every run's compute to the target, per arm."""
+    fig = _figure(10.0, 4.5)
+    acc, cost = fig.subplots(1, 2)
+    rows = report.confirmed
+    for i, arm in enumerate(ARMS):
+        for j, row in enumerate(rows):
+            x, runs = j + (i - 0.5) * 0.3, getattr(row, arm)
+            label = arm if j == 0 else None
+            if runs.test_acc is not None:
+                t = runs.test_acc
+                err = [[(t.value - t.low) * 100], [(t.high - t.value) * 100]] if t.low is not None else None
+                acc.errorbar([x], [t.value * 100], yerr=err, fmt="o", capsize=4, color=COLORS[arm], label=label)
+            reached = [v for v in runs.to_target.values() if v is not None]
+            short = [runs.paid[k] for k, v in runs.to_target.items() if v is None]
+            cost.scatter([x] * len(reached), reached, color=COLORS[arm], s=24, label=label)
+            cost.scatter([x] * len(short), short, facecolors="none", edgecolors=COLORS[arm], s=24)
+    for j, row in enumerate(rows):
+        cost.annotate(row.verdict, (j, 0.97), xycoords=("data", "axes fraction"), ha="center", va="top", fontsize=9)
+    for ax in (acc, cost):
+        ax.set_xticks(range(len(rows)), [f"{r.data_fraction:g}" for r in rows])
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_xlabel("data fraction")
+        ax.legend(title="init", fontsize=8, loc="lower right")
+    acc.set_ylabel("test accuracy (%), mean and 95% interval")
+    cost.set_ylabel("device-seconds to the target, per run")
+    cost.set_yscale("log")
+    cost.set_title("Compute to target (hollow: never reached, at what the run paid)", fontsize=10)
+    acc.set_title("Confirmed runs (tlsearch confirm)")
     _save(fig, path)
 
 
@@ -91,19 +123,19 @@ def plot_pareto(report: Report, path: Path) -> None:
     for arm in ARMS:
         pts = [p for p in report.points if p.init == arm]
         ax.scatter(
-            [p.device_s for p in pts], [p.val_acc * 100 for p in pts], color=COLORS[arm], label=arm, s=22
+            [p.compute_s for p in pts], [p.val_acc * 100 for p in pts], color=COLORS[arm], label=arm, s=22
         )
     front = report.front
     if front:
         ax.step(
-            [p.device_s for p in front],
+            [p.compute_s for p in front],
             [p.val_acc * 100 for p in front],
             where="post",
             color="black",
             linewidth=1.2,
             label="Pareto front",
         )
-    if report.points and min(p.device_s for p in report.points) > 0:
+    if report.points and min(p.compute_s for p in report.points) > 0:
         ax.set_xscale("log")
     ax.set_xlabel("device-seconds to the trial's best epoch (cumulative)")
     ax.set_ylabel("best validation accuracy (%)")
@@ -178,6 +210,8 @@ def write_plots(report: Report, folder: str) -> dict[str, str]:
         "asha_savings": lambda p: plot_savings(report, p),
         "learning_curves": lambda p: plot_curves(report, p),
     }
+    if report.confirmed:
+        jobs["confirmed"] = lambda p: plot_confirmed(report, p)
     written = {}
     for name, draw in jobs.items():
         with storage.writing(storage.join(folder, f"{name}.png")) as tmp:

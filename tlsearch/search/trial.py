@@ -29,14 +29,16 @@ def run_trial(
     """The Tune function trainable: one Ray Train run per trial, named after the trial so a restore finds it."""
     import ray.train
     from ray import tune
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from tlsearch.stopping import fit_with_deadline
-    from tlsearch.train import train_loop_per_worker
+    from tlsearch.train import process_group_backend, train_loop_per_worker
 
+    backend = process_group_backend(resources.num_workers, resources.use_gpu, resources.gpus_per_worker)
     trainer = TorchTrainer(
         train_loop_per_worker,
+        torch_config=TorchConfig(backend=backend),
         train_loop_config={"spec": spec, "hp": config, "payload": payload, "feature_cache": feature_cache,
                            "started_at": time.time()},
         scaling_config=ray.train.ScalingConfig(
