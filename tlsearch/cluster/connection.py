@@ -118,7 +118,6 @@ def errors(conn: Connection, doing: str) -> Iterator[None]:
         raise ClusterError(f"cannot {doing} the Ray dashboard at {conn.address}: {message}") from None
 
 
-
 def one_line(text: str) -> str:
     """An error message on one line, at most 300 characters."""
     line = " ".join(text.split())

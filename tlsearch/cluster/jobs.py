@@ -38,6 +38,7 @@ from tlsearch.errors import ClusterError
 EXCLUDES = [".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "results",
             "*.egg-info", "build", ".cache"]
 PATH_FIELDS = ("weights", "data_dir", "dataset")
+CONFIG_PREFIX = ".tlsearch-submit-"  # + a per-submission id + ".yaml": the shipped config, in the working dir
 
 
 @dataclass(frozen=True)
@@ -201,18 +202,19 @@ def plan_submission(
         raise ClusterError(f"--storage-path {storage_path!r} and --results-dir {config.results_dir!r} differ; "
                            "give one of them")
     folder = Path(working_dir).expanduser().resolve()
-    config_file = f".tlsearch-submit-{uuid.uuid4().hex[:12]}.yaml"
+    config_file = f"{CONFIG_PREFIX}{uuid.uuid4().hex[:12]}.yaml"
     rule = upload_exclusion(folder / config_file, folder)
     if rule is not None:
         raise ClusterError(f"the job's config file {config_file} would be left out of the upload by {rule}; "
-                           "add the line '!.tlsearch-submit-*.yaml' to it")
+                           f"add the line '!{CONFIG_PREFIX}*.yaml' to it")
     target = storage_path or config.results_dir
     where = f"the cluster at {conn.address}"
     multi_node = False
     if not storage.is_remote(target):
         shape = cluster_shape(conn)
         multi_node = shape.multi_node(config.use_gpu, is_loopback(urlsplit(conn.address).hostname or ""))
-        where += f" ({shape.nodes} node(s) alive)" if shape.nodes is not None else " (its nodes could not be listed)"
+        known = shape.nodes is not None
+        where += f" ({shape.nodes} node(s) alive)" if known else " (its nodes could not be listed)"
     target = check_storage(target, multi_node=multi_node, shared=shared_storage, where=where)
     shipped = ship_paths(replace(config, results_dir=target), folder, note)
     command = ["python", "-m", "tlsearch", "run", "--config", config_file, *(["-v"] * verbose)]
@@ -226,7 +228,8 @@ def submit(conn: Connection, request: JobRequest) -> str:
     job_client = client(conn)
     path = Path(request.runtime_env["working_dir"]) / request.config_file
     try:
-        path.write_text(request.config_yaml)
+        with path.open("x") as out:  # never over an existing file
+            out.write(request.config_yaml)
     except OSError as exc:
         raise ClusterError(f"cannot write the job's config into {path.parent}: {one_line(str(exc))}") from None
     try:

@@ -1,4 +1,5 @@
-"""Cluster files, job submission, tokens and storage rules: offline, against a loopback HTTP listener.
+"""Searches as Ray jobs: submit, status, logs, stop and the storage rules, against a loopback stand-in for the
+Ray dashboard that records every request (and keeps the packages the job client uploads).
 
 Nothing here starts Ray or contacts a non-loopback address. The one end-to-end test against a real Ray
 (``-m cluster``) is skipped unless asked for.
@@ -6,8 +7,8 @@ Nothing here starts Ray or contacts a non-loopback address. The one end-to-end t
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import io
 import json
 import os
 import shlex
@@ -16,23 +17,21 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from click.testing import CliRunner, Result
 
 from tlsearch import cluster, storage
 from tlsearch.cli import cli
-from tlsearch.cluster import validate
+from tlsearch.cluster import jobs
 from tlsearch.config import SearchConfig, build_config
 from tlsearch.errors import ConfigError
 
-CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
-SHIPPED = sorted(CLUSTERS.glob("*.yaml"))
 TOKEN = "tok-3f9a1c-never-print-me"
 JOB_ID = "raysubmit_test123"
 REAL_HOME = os.environ.get("HOME", str(Path.home()))
@@ -47,169 +46,11 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No real token file, no proxy in the way of 127.0.0.1, no inherited addresses."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS", "TLSEARCH_STORAGE_PATH",
-                 "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+                 "RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+                 "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-# ------------------------------------------------------------------------------------------ validation
-
-
-def test_shipped_cluster_files_exist() -> None:
-    names = {p.name for p in SHIPPED}
-    assert {"aws-gpu.yaml", "gcp-gpu.yaml", "kuberay-raycluster.yaml", "kuberay-rayjob.yaml"} <= names
-
-
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_shipped_cluster_files_validate(path: Path) -> None:
-    assert validate.validate_file(path) == []
-    result = invoke("cluster", "validate", str(path))
-    assert result.exit_code == 0, result.output
-    assert "1 file(s) valid" in result.output
-
-
-def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, last = _parts(dotted)
-    target: Any = doc
-    for part in parents:
-        target = target[part]
-    if value is DELETE:
-        del target[last]
-    else:
-        target[last] = value
-
-
-def _parts(dotted: str) -> list[Any]:
-    """``a.b[0].c`` as keys and indexes; ``nvidia.com/gpu`` stays one key."""
-    parts: list[Any] = []
-    for piece in dotted.replace(validate.GPU_RESOURCE, "\0").split("."):
-        name, _, rest = piece.partition("[")
-        if name:
-            parts.append(name.replace("\0", validate.GPU_RESOURCE))
-        if rest:
-            parts.append(int(rest.rstrip("]")))
-    return parts
-
-
-DELETE = object()
-WORKER = "spec.workerGroupSpecs[0]"
-JOB_WORKER = "spec.rayClusterSpec.workerGroupSpecs[0]"
-GPU_LIMIT = ".template.spec.containers[0].resources.limits"
-
-BREAKAGES = [
-    ("aws-gpu.yaml", "max_workers", "eight", "max_workers", "is not of type 'integer'"),
-    ("aws-gpu.yaml", "head_node_type", "boss", "head_node_type", "got 'boss'; valid: head, gpu_worker"),
-    ("aws-gpu.yaml", "storage_path", "s3://b/x", "$", "Additional properties are not allowed"),
-    ("aws-gpu.yaml", "available_node_types.gpu_worker.min_workers", 9,
-     "available_node_types.gpu_worker.min_workers", "min_workers 9 is above max_workers 8"),
-    ("aws-gpu.yaml", "provider", DELETE, "$", "'provider' is a required property"),
-    ("gcp-gpu.yaml", "available_node_types.gpu_worker.resources.GPU", "one",
-     "available_node_types.gpu_worker.resources.GPU", "is not of type 'integer'"),
-    ("gcp-gpu.yaml", "available_node_types.head.node_config", DELETE,
-     "available_node_types.head", "'node_config' is a required property"),
-    ("kuberay-raycluster.yaml", "apiVersion", "ray.io/v9", "apiVersion", "valid: ray.io/v1"),
-    ("kuberay-raycluster.yaml", "spec.headGroupSpec", DELETE, "spec.headGroupSpec", "missing"),
-    ("kuberay-raycluster.yaml", f"{WORKER}.replicas", "2", f"{WORKER}.replicas", "expected a whole number"),
-    ("kuberay-raycluster.yaml", f"{WORKER}.maxReplicas", -1, f"{WORKER}.maxReplicas", "must be >= 0"),
-    ("kuberay-raycluster.yaml", f"{WORKER}{GPU_LIMIT}.nvidia.com/gpu", 0,
-     f"{WORKER}{GPU_LIMIT}.nvidia.com/gpu", "whole number of GPUs >= 1"),
-    ("kuberay-raycluster.yaml", "spec.headGroupSpec.rayStartParams.num-cpus", 0,
-     "spec.headGroupSpec.rayStartParams.num-cpus", "KubeRay wants text"),
-    ("kuberay-raycluster.yaml", "spec.workerGroupSpecs", [], "spec.workerGroupSpecs", "at least one worker group"),
-    ("kuberay-rayjob.yaml", "spec.entrypoint", DELETE, "spec.entrypoint", "missing; expected text"),
-    ("kuberay-rayjob.yaml", "spec.shutdownAfterJobFinishes", "yes", "spec.shutdownAfterJobFinishes",
-     "expected true or false"),
-    ("kuberay-rayjob.yaml", f"{JOB_WORKER}.minReplicas", 9, f"{JOB_WORKER}.minReplicas",
-     "minReplicas 9 is above maxReplicas 8"),
-    ("kuberay-rayjob.yaml", "spec.runtimeEnvYAML", "pip: [unclosed", "spec.runtimeEnvYAML", "not valid YAML"),
-    ("kuberay-rayjob.yaml", "kind", "RayService", "kind", "valid: RayCluster, RayJob"),
-]
-
-
-def _break(source: str, dotted: str, value: Any, tmp_path: Path) -> Path:
-    doc = yaml.safe_load((CLUSTERS / source).read_text())
-    _set(doc, dotted, value)
-    broken = tmp_path / f"broken-{source}"
-    broken.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return broken
-
-
-@pytest.mark.parametrize(("source", "dotted", "value", "path", "message"), BREAKAGES,
-                         ids=[f"{b[0]}:{b[1]}" for b in BREAKAGES])
-def test_broken_copy_is_caught_at_its_path(
-    source: str, dotted: str, value: Any, path: str, message: str, tmp_path: Path
-) -> None:
-    broken = _break(source, dotted, value, tmp_path)
-    result = invoke("cluster", "validate", str(CLUSTERS / source), str(broken))
-    assert result.exit_code == 2
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith(f"{broken}:{path}: ")]
-    assert lines, result.stderr
-    assert any(message in ln for ln in lines), lines
-    assert str(CLUSTERS / source) + ":" not in result.stderr  # the good original stays clean
-    assert "problem(s) in 1 of 2 file(s)" in result.stderr
-
-
-def test_unreadable_and_foreign_files_are_problems(tmp_path: Path) -> None:
-    bad_yaml = tmp_path / "bad.yaml"
-    bad_yaml.write_text("cluster_name: [unclosed\n")
-    foreign = tmp_path / "foreign.yaml"
-    foreign.write_text("hello: world\n")
-    result = invoke("cluster", "validate", str(bad_yaml), str(foreign), str(tmp_path / "missing.yaml"))
-    assert result.exit_code == 2
-    assert f"{bad_yaml}:$: not valid YAML" in result.stderr
-    assert f"{foreign}:$: got a mapping; expected a Ray cluster-launcher config" in result.stderr
-    assert f"{tmp_path / 'missing.yaml'}:$: cannot read it" in result.stderr
-
-
-def test_multi_document_manifest_paths_carry_the_document_index(tmp_path: Path) -> None:
-    docs = list(yaml.safe_load_all((CLUSTERS / "kuberay-raycluster.yaml").read_text()))
-    second = copy.deepcopy(docs[0])
-    second["spec"]["workerGroupSpecs"][0]["groupName"] = 7
-    both = tmp_path / "both.yaml"
-    both.write_text(yaml.safe_dump_all([docs[0], second]))
-    problems = [str(p) for p in validate.validate_file(both)]
-    assert problems == [f"{both}:[1].spec.workerGroupSpecs[0].groupName: got a number 7; expected text"]
-
-
-# -------------------------------------------------------------------------------------- token, address
-
-
-def test_token_sources_in_order(tmp_path: Path) -> None:
-    home = tmp_path / "h"
-    (home / ".ray").mkdir(parents=True)
-    (home / ".ray" / "auth_token").write_text("from-home\n")
-    token_file = tmp_path / "token"
-    token_file.write_text("from-file\n")
-    assert cluster.load_token({"RAY_AUTH_TOKEN": "from-env"}, home) == "from-env"
-    assert cluster.load_token({"RAY_AUTH_TOKEN_PATH": str(token_file)}, home) == "from-file"
-    assert cluster.load_token({}, home) == "from-home"
-    assert cluster.load_token({}, tmp_path / "nobody") is None
-    with pytest.raises(cluster.ClusterError, match="RAY_AUTH_TOKEN_PATH is .*not a file"):
-        cluster.load_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "absent")}, home)
-    assert cluster.auth_headers("abc") == {"Authorization": "Bearer abc"}
-    assert cluster.auth_headers(None) == {}
-
-
-@pytest.mark.parametrize("address", ["http://10.1.2.3:8265", "http://ray-head.example.com:8265",
-                                     "http://[2001:db8::1]:8265"])
-def test_check_address_refuses_plain_http_to_remote_without_token(address: str) -> None:
-    with pytest.raises(cluster.ClusterError, match="refusing plain http"):
-        cluster.check_address(address, token=None)
-    assert cluster.check_address(address, token=None, insecure=True) == address
-    assert cluster.check_address(address, token="t") == address
-
-
-@pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "http://localhost:8265/", "http://[::1]:8265",
-                                     "https://ray.example.com"])
-def test_check_address_accepts_loopback_and_https(address: str) -> None:
-    assert cluster.check_address(address, token=None) == address.rstrip("/")
-
-
-@pytest.mark.parametrize("address", ["ray://10.0.0.1:10001", "10.0.0.1:8265", "", "http://"])
-def test_check_address_wants_a_dashboard_url(address: str) -> None:
-    with pytest.raises(cluster.ClusterError, match="give the Ray dashboard URL"):
-        cluster.check_address(address, token=None)
 
 
 def test_insecure_address_is_refused_before_anything_is_contacted(
@@ -244,6 +85,7 @@ class FakeDashboard(ThreadingHTTPServer):
         self.token = token
         self.nodes = nodes
         self.requests: list[dict[str, Any]] = []
+        self.packages: dict[str, bytes] = {}  # what the job client uploaded, by gcs://... URI
 
     @property
     def address(self) -> str:
@@ -278,8 +120,11 @@ class DashboardHandler(BaseHTTPRequestHandler):
             ("GET", f"/api/jobs/{JOB_ID}/logs"): lambda: (200, {"logs": f"epoch 1\nenv RAY_AUTH_TOKEN={TOKEN}\n"}),
             ("POST", f"/api/jobs/{JOB_ID}/stop"): lambda: (200, {"stopped": True}),
         }
-        if path.startswith("/api/packages/"):
-            return self._reply(200, {})  # "already uploaded": the client skips the upload
+        if path.startswith("/api/packages/"):  # /api/packages/gcs/NAME.zip: exists? (GET), upload (PUT)
+            uri = "gcs://" + path.rsplit("/", 1)[-1]
+            if method == "PUT":
+                self.server.packages[uri] = body
+            return self._reply(200 if uri in self.server.packages else 404, {})
         status, payload = routes.get((method, path), lambda: (404, {"error": "not found"}))()
         self._reply(status, payload)
 
@@ -350,26 +195,125 @@ def test_submit_sends_the_token_as_a_header_and_never_prints_it(
     assert TOKEN not in json.dumps(submitted)
 
 
-def test_the_shipped_config_file_builds_the_same_search_on_the_cluster(work_dir: Path, tmp_path: Path) -> None:
-    weights = work_dir / "source.safetensors"
+def search_with_every_kind_of_value(work_dir: Path, **flags: Any) -> SearchConfig:
+    """Ranges, choices, fixed values, a weights file inside the working directory: built as `tlsearch run` does."""
+    weights = work_dir / "weights" / "source.safetensors"
+    weights.parent.mkdir(exist_ok=True)
     weights.write_bytes(b"x")
-    local = build_config(work_dir / "search.yaml", trials=2, use_gpu=True, precision="bf16", gpus_per_worker=0.5,
-                         data_fraction="0.1,0.3", head_lr="1e-4:1e-2", freeze_depth="2", weights=str(weights),
-                         name="e2e")
+    return build_config(work_dir / "search.yaml", trials=2, use_gpu=True, precision="bf16", gpus_per_worker=0.5,
+                        data_fraction="0.1,0.3", head_lr="1e-4:1e-2", freeze_depth="2", init="pretrained",
+                        weights=str(weights), name="e2e", **flags)
+
+
+def test_the_shipped_config_file_builds_the_same_search_on_the_cluster(work_dir: Path, tmp_path: Path) -> None:
+    local = search_with_every_kind_of_value(work_dir, address="ray://10.0.0.1:10001")
     notes: list[str] = []
     request = cluster.plan_submission(cluster.Connection("http://127.0.0.1:1"), local, storage_path="s3://b/r",
                                       shared_storage=False, working_dir=work_dir, install=True, verbose=2,
                                       note=notes.append)
     command = shlex.split(request.entrypoint)
-    assert command[4:6] == ["--config", request.config_file] and command[6:] == ["-v", "-v"]
+    assert command == ["python", "-m", "tlsearch", "run", "--config", request.config_file, "-v", "-v"]
     shipped = tmp_path / "on-the-cluster" / request.config_file
     shipped.parent.mkdir()
     shipped.write_text(request.config_yaml)
     remote = build_config(shipped)  # what `tlsearch run --config FILE` builds from it on the cluster
-    assert remote == dataclasses.replace(local, results_dir="s3://b/r", weights="source.safetensors")
+    # Only where things are differs: results on the bucket, weights relative to the job's working directory,
+    # and no Ray address (the job joins the cluster it runs on).
+    assert remote == dataclasses.replace(local, results_dir="s3://b/r", weights="weights/source.safetensors",
+                                         address=None)
+    assert (work_dir / str(remote.weights)).samefile(str(local.weights))
     assert notes == []
     pip = request.runtime_env["pip"]["packages"]
     assert any(p.startswith("timm") for p in pip) and not any(p.startswith("ray") for p in pip)
+
+
+def uploaded_file(dashboard: FakeDashboard, package_uri: str, name: str) -> str:
+    """A file from a package the job client uploaded (Ray zips the working directory's contents)."""
+    with zipfile.ZipFile(io.BytesIO(dashboard.packages[package_uri])) as package:
+        return package.read(name).decode()
+
+
+def test_the_config_file_travels_in_the_uploaded_working_directory(
+    dashboard: FakeDashboard, work_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    local = search_with_every_kind_of_value(work_dir)
+    result = invoke("submit", "--address", dashboard.address, "--working-dir", str(work_dir), "--no-install",
+                    "--config", str(work_dir / "search.yaml"), "--trials", "2", "--gpu", "--precision", "bf16",
+                    "--gpus-per-worker", "0.5", "--data-fraction", "0.1,0.3", "--head-lr", "1e-4:1e-2",
+                    "--freeze-depth", "2", "--init", "pretrained", "--weights", str(local.weights),
+                    "--name", "e2e", "--storage-path", "s3://b/r")
+    assert result.exit_code == 0, result.output
+    assert "/api/v0/nodes" not in "".join(dashboard.paths("GET"))  # results on s3://: the nodes don't matter
+    (submitted,) = [json.loads(r["body"]) for r in dashboard.requests if r["path"] == "/api/jobs/"]
+    config_file = shlex.split(submitted["entrypoint"])[5]
+    text = uploaded_file(dashboard, submitted["runtime_env"]["working_dir"], config_file)
+    shipped = tmp_path / "on-the-cluster.yaml"
+    shipped.write_text(text)
+    assert build_config(shipped) == dataclasses.replace(local, results_dir="s3://b/r",
+                                                        weights="weights/source.safetensors")
+    assert uploaded_file(dashboard, submitted["runtime_env"]["working_dir"], "weights/source.safetensors") == "x"
+    assert not list(work_dir.glob(".tlsearch-submit-*"))  # removed once the package was uploaded
+
+
+def test_a_config_file_the_upload_would_leave_out_is_refused_before_contacting(
+    dashboard: FakeDashboard, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+    (work_dir / ".gitignore").write_text(".*\n!.gitignore\n")
+    base = ["submit", "--address", dashboard.address, "--working-dir", str(work_dir), "--storage-path", "s3://b/r"]
+    result = invoke(*base)
+    assert result.exit_code == 2
+    assert f"would be left out of the upload by {work_dir / '.gitignore'}" in result.stderr
+    assert "'!.tlsearch-submit-*.yaml'" in result.stderr
+    assert dashboard.requests == [] and not list(work_dir.glob(".tlsearch-submit-*"))
+    monkeypatch.setenv("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "1")  # Ray's switch: .gitignore no longer applies
+    result = invoke(*base, "--no-install")
+    assert result.exit_code == 0, result.output
+    (work_dir / ".gitignore").write_text(".*\n!.gitignore\n!.tlsearch-submit-*.yaml\n")
+    monkeypatch.delenv("RAY_RUNTIME_ENV_IGNORE_GITIGNORE")
+    assert invoke(*base, "--no-install").exit_code == 0
+
+
+def test_files_that_do_not_travel_get_absolute_paths_and_a_note(
+    work_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(work_dir)  # relative paths are relative to where `tlsearch submit` runs
+    (work_dir / ".gitignore").write_text("*.safetensors\n")
+    (work_dir / "weights.safetensors").write_bytes(b"x")
+    (work_dir / "results" / "data").mkdir(parents=True)  # `results` is in the runtime env's excludes
+    (tmp_path / "outside").mkdir()
+    config = SearchConfig(weights="weights.safetensors", data_dir=str(work_dir / "results" / "data"),
+                          dataset=str(tmp_path / "outside"))
+    notes: list[str] = []
+    shipped = jobs.ship_paths(config, work_dir, notes.append)
+    assert (shipped.weights, shipped.data_dir, shipped.dataset) == (
+        str(work_dir / "weights.safetensors"), str(work_dir / "results" / "data"), str(tmp_path / "outside"))
+    assert notes[0].startswith(f"tlsearch: weights weights.safetensors is left out of the upload by "
+                               f"{work_dir / '.gitignore'}")
+    assert "left out of the upload by the runtime env's excludes" in notes[1]
+    assert f"is outside the working directory {work_dir}" in notes[2]
+    assert all("must exist at" in note for note in notes) and len(notes) == 3
+    named = jobs.ship_paths(SearchConfig(dataset="digits-split"), work_dir, notes.append)
+    assert named.dataset == "digits-split" and len(notes) == 3  # a dataset name is not a path
+
+
+def test_upload_exclusion_agrees_with_how_ray_packs_the_working_directory(tmp_path: Path) -> None:
+    from ray._private.runtime_env import packaging
+
+    root = tmp_path / "w"
+    for name in ("a.py", "b.log", "keep.log", "sub/c.py", "sub/d.tmp", "sub/deep/e.py", "data/x.bin",
+                 "results/r.parquet", ".hidden.yaml", "notes/.rayignore"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x")
+    (root / ".gitignore").write_text("*.log\n!keep.log\ndata/\n")
+    (root / "sub" / ".rayignore").write_text("*.tmp\ndeep\n")
+    packed: set[Path] = set()
+    packaging._dir_travel(root, [packaging._get_excludes(root, jobs.EXCLUDES)], packed.add, include_gitignore=True)
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert {p for p in files if jobs.upload_exclusion(p, root) is None} == {p for p in files if p in packed}
+    assert jobs.upload_exclusion(root / "sub" / "deep" / "e.py", root) == str(root / "sub" / ".rayignore")
+    assert jobs.upload_exclusion(root / "a.py", root) is None
 
 
 def test_importing_the_job_code_imports_neither_torch_nor_the_search() -> None:
