@@ -97,3 +97,18 @@ def test_asha_groups_are_validated() -> None:
     assert build_config(None, asha_groups="init,data_fraction").asha_groups == "init,data_fraction"
     with pytest.raises(ConfigError, match="asha_groups: got 'model'; valid: init, init,data_fraction"):
         build_config(None, asha_groups="model")
+
+
+def test_the_dimensions_have_one_source() -> None:
+    import dataclasses
+
+    from tlsearch.config import DIMENSIONS, Hyper
+    from tlsearch.results import TRIALS
+
+    assert list(DIMENSIONS) == [f.name for f in dataclasses.fields(Hyper)]
+    assert {name: str(TRIALS.field(name).type) for name in DIMENSIONS} == {
+        "init": "string", "freeze_depth": "int32", "head_lr": "double", "backbone_lr": "double",
+        "data_fraction": "double"}
+    hp = Hyper.from_config({"init": "scratch", "freeze_depth": "0", "head_lr": "0.1", "backbone_lr": 1,
+                            "data_fraction": 0.5, "scratch.head_lr": 0.1})
+    assert hp == Hyper("scratch", 0, 0.1, 1.0, 0.5)

@@ -21,15 +21,32 @@ import yaml
 from tlsearch.errors import ConfigError
 
 INITS = ("pretrained", "scratch")
-# The search dimensions, in table order, with each column's Arrow type: the one list the space, the trial, the
-# tables, the report and the export read. A new dimension is added here, in SpaceConfig and in space.DefineByRun.
-DIMENSIONS: dict[str, str] = {
-    "init": "string",
-    "freeze_depth": "int32",
-    "head_lr": "float64",
-    "backbone_lr": "float64",
-    "data_fraction": "float64",
-}
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """What the searcher chose for one trial: the search dimensions, in table order.
+
+    The one list of dimensions: :data:`DIMENSIONS` (names and Arrow column types) is derived from it, and the
+    tables, the report, the export and confirm read that. A new dimension is a field here, one in
+    :class:`SpaceConfig` (what may be tried) and a line in ``space.DefineByRun`` (how it is sampled).
+    """
+
+    init: str
+    freeze_depth: int
+    head_lr: float
+    backbone_lr: float
+    data_fraction: float
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Hyper:
+        """From a Tune config (which also holds each arm's Optuna parameters, ``scratch.head_lr``, ...)."""
+        casts = {"str": str, "int": int, "float": float}
+        return cls(**{f.name: casts[str(f.type)](config[f.name]) for f in dataclasses.fields(cls)})
+
+
+_ARROW_TYPES = {"str": "string", "int": "int32", "float": "float64"}
+DIMENSIONS: dict[str, str] = {f.name: _ARROW_TYPES[str(f.type)] for f in dataclasses.fields(Hyper)}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the GPU has it, else fp16; fp32 on CPUs
 # Fair arms: ASHA compares a trial with the trials of its own arm (and, optionally, of its own data fraction).
 ASHA_GROUPS = ("init", "init,data_fraction")

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from tlsearch import data as data_mod
 from tlsearch import features, models
-from tlsearch.config import DIMENSIONS
+from tlsearch.config import Hyper
 from tlsearch.errors import DataError
 from tlsearch.models import FreezePlan, InputSpec, SourceWeights
 
@@ -55,22 +55,6 @@ class TrialSpec:
     precision: str = "auto"  # see Precision.resolve
     feature_cache: bool = True
     evaluate_test: bool = False  # only `tlsearch confirm` evaluates the test set every epoch; a search never does
-
-
-@dataclass(frozen=True)
-class Hyper:
-    """What the searcher chose for one trial: one field per name in :data:`tlsearch.config.DIMENSIONS`."""
-
-    init: str
-    freeze_depth: int
-    head_lr: float
-    backbone_lr: float
-    data_fraction: float
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Hyper:
-        casts = {"string": str, "int32": int, "float64": float}
-        return cls(**{name: casts[kind](config[name]) for name, kind in DIMENSIONS.items()})
 
 
 @dataclass(frozen=True)
