@@ -62,6 +62,11 @@ def overhead(exp: report.Experiment, results_dir: str) -> tuple[float, list[str]
         f"{'MET' if ratio <= GOAL else 'MISSED'}",
     ]
     short = f"overhead {ratio:.2f} ({info['wall_s']:.0f} s / ({trial_wall:.0f} s / {concurrency}))"
+    startups = [t["startup_s"] for t in exp.trials if t.get("startup_s") is not None]
+    if startups:
+        lines.append(f"per-trial start-up (trials.startup_s: trial start to first training step, device-s): median "
+                     f"{median(startups):.1f}, total {sum(startups):.1f} vs {trial_wall:.1f} s of training wall")
+        short += f"; start-up median {median(startups):.1f} device-s/trial"
 
     # Start-up inside the worker: the first epoch against the median of the trial's later epochs.
     first, later_med, inside = [], [], 0.0
