@@ -55,3 +55,10 @@ def test_on_a_terminal_one_line_is_redrawn_and_the_callback_pickles() -> None:
     assert out.getvalue().count("\r\033[K") == 2 and out.getvalue().endswith("\n")
     restored = pickle.loads(pickle.dumps(progress))  # Tune saves its callbacks with the experiment
     assert restored.best == progress.best and restored.stream is not out
+
+
+def test_a_confirmation_runs_configuration_is_shown_too() -> None:
+    progress = Progress(total=1, max_epochs=1, stream=io.StringIO(), live=False)
+    run = SimpleNamespace(trial_id="r", config={"run": {"init": "scratch", "data_fraction": 0.1, "seed": 1000}})
+    progress.on_trial_result(0, [], run, {"epoch": 1, "val_acc": 0.5})
+    assert "(init scratch, data_fraction 0.1)" in progress.line()

@@ -56,7 +56,8 @@ class Progress(Callback):
             self.last_epoch[trial.trial_id] = int(result["epoch"])
         acc = result.get("val_acc")
         if acc is not None and (self.best is None or acc > self.best[0]):
-            self.best = (float(acc), dict(trial.config or {}))
+            config = dict(trial.config or {})
+            self.best = (float(acc), dict(config.get("run", config)))  # confirm's runs keep theirs under "run"
         self._draw()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
