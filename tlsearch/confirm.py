@@ -41,11 +41,7 @@ class ConfirmOutcome:
 
 def chosen_configs(trial_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The best trial of every (init, data_fraction), as the configuration to repeat."""
-    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
-    for row in trial_rows:
-        groups.setdefault((row["init"], row["data_fraction"]), []).append(row)
-    best = [results.best_trial(rows) for _, rows in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))]
-    return [b for b in best if b is not None]
+    return results.best_per_arm_and_fraction(trial_rows)
 
 
 def planned_runs(chosen: list[dict[str, Any]], repeats: int, seed: int) -> list[dict[str, Any]]:
@@ -82,7 +78,7 @@ def confirm(
     plan = prepare(replace(stored, results_dir=results_dir, address=address or stored.address))
     runs = planned_runs(chosen, repeats, plan.config.seed)
     tune_dir = storage.join(plan.ray_storage, "confirm")
-    resuming = not restart and _can_resume(tune_dir, runs)
+    resuming = not restart and _can_resume(plan.ray_storage, runs)
     echo(f"tlsearch: {'resuming' if resuming else 'confirming'} {plan.name!r}: {len(chosen)} configuration(s) x "
          f"{repeats} repeat(s) = {len(runs)} run(s) of {plan.config.max_epochs} epochs, no early stopping")
     if restart:
@@ -100,12 +96,12 @@ def confirm(
     return ConfirmOutcome(plan.name, folder, table, len(runs), time.perf_counter() - started)
 
 
-def _can_resume(tune_dir: str, runs: list[dict[str, Any]]) -> bool:
+def _can_resume(ray_storage: str, runs: list[dict[str, Any]]) -> bool:
     from ray import tune
 
-    if not tune.Tuner.can_restore(tune_dir):
+    if not tune.Tuner.can_restore(storage.join(ray_storage, "confirm")):
         return False
-    stored = storage.read_text(tune_dir.rsplit("/confirm", 1)[0] + "/confirm.json")
+    stored = storage.read_text(storage.join(ray_storage, "confirm.json"))
     if stored is not None and json.loads(stored) != json.loads(json.dumps(runs)):
         raise ConfigError("a confirmation of this experiment exists with other runs (repeats or configurations); "
                           "pass the same --repeats, or --restart to start it over")

@@ -214,3 +214,12 @@ def open(location: str | Path) -> ResultSet:  # noqa: A001 - mirrors pyarrow.dat
     except (pa.ArrowInvalid, OSError) as exc:
         raise ResultsError(f"cannot read the tables under {location}: {storage.one_line(exc)}") from None
     return ResultSet(**sets)
+
+
+def best_per_arm_and_fraction(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`best_trial` of every (init, data_fraction), in that order (arms by name, fractions ascending)."""
+    groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((str(row.get("init")), float(row.get("data_fraction") or 0.0)), []).append(row)
+    best = [best_trial(group) for _, group in sorted(groups.items())]
+    return [b for b in best if b is not None]

@@ -27,10 +27,7 @@ from tlsearch.train import Hyper, build_model, evaluate, normalizer
 def chosen_trials(trial_rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The best trial and the best of every (init, data_fraction), by :func:`tlsearch.results.best_trial`."""
     rows = list(trial_rows)
-    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row.get("init"), row.get("data_fraction")), []).append(row)
-    picked = [results.best_trial(rows), *(results.best_trial(g) for _, g in sorted(groups.items(), key=str))]
+    picked = [results.best_trial(rows), *results.best_per_arm_and_fraction(rows)]
     unique = {p["trial_id"]: p for p in picked if p is not None}
     return list(unique.values())
 
