@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tlsearch import data as data_mod
+from tlsearch import inputs
 from tlsearch.models import InputSpec
 
 HERE = Path(__file__).resolve().parent
@@ -101,9 +102,8 @@ def append_result(benchmark: str, numbers: str, verdict: str, quick: bool) -> No
 
 
 def trial_train_loader(payload: Any, hp: Any, spec: Any) -> Any:
-    """The training loader a trial builds (``train.subset`` + ``train.loaders``), over the trial's images."""
-    from tlsearch import train
+    """The training loader a trial builds (``inputs.subset`` + ``inputs.loaders``), over the trial's images."""
 
-    train_idx, val_idx = train.subset(payload, hp)
-    return train.loaders((payload.images[train_idx], payload.labels[train_idx]),
+    train_idx, val_idx = inputs.subset(payload, hp)
+    return inputs.loaders((payload.images[train_idx], payload.labels[train_idx]),
                          (payload.images[val_idx], payload.labels[val_idx]), spec)[0]

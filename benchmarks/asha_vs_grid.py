@@ -6,7 +6,7 @@ default values). Two phases:
 
 1. **The grid, measured.** Every configuration is trained for ``--max-epochs`` epochs in-process, as a Ray Train
    worker trains a trial (``search.prepare`` builds the data and the source weights as ``tlsearch run`` does;
-   ``train.build_model``, ``train.trial_inputs`` with the feature cache, ``make_optimizer``, ``train_epoch``,
+   ``train.build_model``, ``inputs.trial_inputs`` with the feature cache, ``make_optimizer``, ``train_epoch``,
    ``evaluate`` and ``Cost`` per epoch; one thread per configuration, ``--jobs`` at a time). Its per-epoch curves
    (val_acc, cumulative device-seconds, FLOPs) are saved to ``--curves`` (Parquet) and reused on later runs.
 2. **ASHA+TPE, replayed on the measured curves.** For each of ``--seeds`` seeds, Optuna's ``TPESampler`` asks
@@ -48,11 +48,14 @@ import pyarrow.parquet as pq
 import torch
 from _common import HERE, MODEL, SEED, append_result, machine, table, versions
 
+from tlsearch import inputs as trial_io
 from tlsearch import search, train
 from tlsearch.config import Param, SearchConfig, SpaceConfig
+from tlsearch.inputs import Payload
 from tlsearch.replay import Curve, replay
 from tlsearch.space import DefineByRun
-from tlsearch.train import Cost, Hyper, Payload, TrialSpec
+from tlsearch.spec import TrialSpec
+from tlsearch.train import Cost, Hyper
 
 DATASET = "fashion-mnist-split"
 SIZE = 32
@@ -115,7 +118,7 @@ def train_configuration(config: dict[str, Any]) -> list[dict[str, Any]]:
     torch.manual_seed(spec.seed)
     hp = Hyper.from_config(config)
     model, plan = train.build_model(spec, hp, payload.source)
-    inputs = train.trial_inputs(model, hp, spec, payload, train.normalizer(spec.input_spec, torch.device("cpu")),
+    inputs = trial_io.trial_inputs(model, hp, spec, payload, train.normalizer(spec.input_spec, torch.device("cpu")),
                                 None)
     steps = spec.max_epochs * max(1, len(inputs.train))
     optimizer, scheduler = train.make_optimizer(model, plan, hp, spec.weight_decay, steps)

@@ -1,15 +1,15 @@
 """Benchmark 2: training-step cost against freeze depth, and what tlsearch's feature cache buys a linear probe.
 
 For resnet10t (1 channel, 32x32, 5 classes) at every freeze depth 0..G-1 (``models.apply_freeze``), one epoch of
-``train.train_epoch`` over ``train.loaders``' DataLoader, batch 64, one thread: measured seconds per training
+``train.train_epoch`` over ``inputs.loaders``' DataLoader, batch 64, one thread: measured seconds per training
 image and ``models.train_flops_per_sample``, each as a ratio to depth 0 (full fine-tuning). Depths are interleaved
 (order reversed every repeat) and the median over repeats is used, so load from other processes hits all alike.
 
 Depth G-1 is a linear probe. Measured twice: with the feature cache off (``feature_cache: false``: the frozen
-backbone's forward runs every step of every epoch), and the way ``train.train_loop_per_worker`` runs it with the
+backbone's forward runs every step of every epoch), and the way ``worker.train_loop_per_worker`` runs it with the
 cache on (``tlsearch.features``): after ``features.eligible`` and ``features.matches``, one no-grad pass
 ``features.compute`` over the training subset, then ``train_epoch`` on ``model.get_classifier()`` alone over
-``train.loaders((features, labels), ...)`` with ``make_optimizer``'s AdamW. The one-off pass is amortised over
+``inputs.loaders((features, labels), ...)`` with ``make_optimizer``'s AdamW. The one-off pass is amortised over
 ``--epochs`` (6, the quickstart's max_epochs); the head-only epoch is also reported on its own. Both exclude
 evaluation, as every depth row does. Goal (issue): a linear-probe epoch with a feature cache >= 10x cheaper
 than full fine-tuning.
@@ -42,8 +42,10 @@ from _common import (
 )
 from torch import nn
 
-from tlsearch import features, models, train
-from tlsearch.train import Hyper, Payload, TrialSpec
+from tlsearch import features, inputs, models, train
+from tlsearch.inputs import Payload
+from tlsearch.spec import TrialSpec
+from tlsearch.train import Hyper
 
 BATCH = 64
 GOAL = 10.0
@@ -84,10 +86,10 @@ def depth_epoch(initial: nn.Module, depth: int, payload: Payload, spec: TrialSpe
 def cached_probe(
     initial: nn.Module, depth: int, payload: Payload, spec: TrialSpec
 ) -> tuple[Callable[[], int], Callable[[], int], float, float]:
-    """A linear probe as ``train.train_loop_per_worker`` runs it with the feature cache on.
+    """A linear probe as ``worker.train_loop_per_worker`` runs it with the feature cache on.
 
     Returns (the one-off ``features.compute`` pass over the training subset, one epoch of ``train_epoch`` on
-    ``model.get_classifier()`` over ``train.loaders((features, labels), ...)``, the classifier's train FLOPs per
+    ``model.get_classifier()`` over ``inputs.loaders((features, labels), ...)``, the classifier's train FLOPs per
     sample (``train._classifier_flops``), the frozen part's forward FLOPs per image
     (``features.forward_flops_per_image``)). Raises SystemExit when the model is not eligible for the cache.
     """
@@ -96,7 +98,7 @@ def cached_probe(
     plan = models.apply_freeze(model, depth)
     loss_fn = nn.CrossEntropyLoss()
     normalize = train.normalizer(spec.input_spec, torch.device("cpu"))
-    train_idx, val_idx = train.subset(payload, hp)
+    train_idx, val_idx = inputs.subset(payload, hp)
     probe_images = normalize(payload.images[val_idx[:4]])
     if not features.eligible(model) or not features.matches(model, probe_images):
         raise SystemExit(f"freeze depth {depth} of {MODEL} is not eligible for the feature cache "
@@ -112,7 +114,7 @@ def cached_probe(
     head_flops = train._classifier_flops(net, store["train"][:2], loss_fn)
     forward_flops = features.forward_flops_per_image(model, probe_images[:2])
     # Evaluation is not timed (as for every depth row); the validation loader is built over a stand-in.
-    loader = train.loaders((store["train"], train_y), (store["train"][:1], train_y[:1]), spec)[0]
+    loader = inputs.loaders((store["train"], train_y), (store["train"][:1], train_y[:1]), spec)[0]
     optimizer, scheduler = train.make_optimizer(model, plan, hp, spec.weight_decay, len(loader))
 
     def head_epoch() -> int:
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"\nlinear probe per epoch, against full fine-tuning (goal: with the cache >= {GOAL:g}x cheaper)")
     print("cache on = tlsearch.features.compute once, then train.train_epoch on model.get_classifier() over "
-          "train.loaders((features, labels)), as train.train_loop_per_worker runs a linear probe")
+          "inputs.loaders((features, labels)), as worker.train_loop_per_worker runs a linear probe")
     print(table(
         ["variant", "ms/image (wall)", "x cheaper (wall)", "x cheaper (CPU time)", "x cheaper (FLOPs)"],
         [[n, f"{w * 1e3:.4f}", f"{wall[full] / w:.1f}", f"{cpu[full] / c:.1f}", f"{flops[full] / f:.1f}"]

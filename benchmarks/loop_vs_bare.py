@@ -3,7 +3,7 @@
 Both sides train the same resnet10t (1 channel, 32x32, 5 classes) from the same initial weights on the same
 ~3,000 Fashion-MNIST target images, batch 64, one thread:
 
-* tlsearch: ``train.train_epoch`` over the DataLoader ``train.loaders`` builds (TensorDataset of uint8 images,
+* tlsearch: ``train.train_epoch`` over the DataLoader ``inputs.loaders`` builds (TensorDataset of uint8 images,
   shuffled), with ``train.normalizer`` applied per batch and ``make_optimizer``'s AdamW + cosine schedule, as the
   worker does;
 * bare: images normalised to float once up front, sliced into batches, ``model(x)``, loss, backward, AdamW step.
@@ -46,8 +46,10 @@ from _common import (
 )
 from torch import nn
 
-from tlsearch import train
-from tlsearch.train import Hyper, Payload, TrialSpec
+from tlsearch import inputs, train
+from tlsearch.inputs import Payload
+from tlsearch.spec import TrialSpec
+from tlsearch.train import Hyper
 
 BATCH = 64
 GOAL = 0.9
@@ -73,13 +75,13 @@ def timed(fn: Callable[[], int], device: torch.device = CPU) -> Timing:
     return time.perf_counter() - wall, time.process_time() - cpu, seen
 
 
-def train_batches(payload: Payload, spec: TrialSpec, device: torch.device) -> train.DeviceBatches:
-    """The trial's training batches as the worker gets them (``train.subset`` + ``train.loaders``)."""
-    train_idx, val_idx = train.subset(payload, HP)
-    loader = train.loaders((payload.images[train_idx], payload.labels[train_idx]),
+def train_batches(payload: Payload, spec: TrialSpec, device: torch.device) -> inputs.DeviceBatches:
+    """The trial's training batches as the worker gets them (``inputs.subset`` + ``inputs.loaders``)."""
+    train_idx, val_idx = inputs.subset(payload, HP)
+    loader = inputs.loaders((payload.images[train_idx], payload.labels[train_idx]),
                            (payload.images[val_idx], payload.labels[val_idx]), spec,
                            pin_memory=device.type == "cuda")[0]
-    return train.DeviceBatches(loader, device)
+    return inputs.DeviceBatches(loader, device)
 
 
 def tlsearch_epoch(initial: nn.Module, payload: Payload, spec: TrialSpec,
@@ -114,7 +116,7 @@ def bare_epoch(initial: nn.Module, x: torch.Tensor, y: torch.Tensor,
     scaler = torch.amp.GradScaler(device.type, enabled=on_gpu and dtype == torch.float16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=HP.head_lr, weight_decay=0.01)
     loss_fn = nn.CrossEntropyLoss()
-    n = (len(y) // BATCH) * BATCH  # drop_last, as train.loaders does
+    n = (len(y) // BATCH) * BATCH  # drop_last, as inputs.loaders does
 
     def run() -> int:
         model.train()

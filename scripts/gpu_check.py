@@ -1,5 +1,5 @@
 """The GPU check behind ``scripts/gpu-check.sh``: real searches on this machine's NVIDIA GPU(s), each asserted on the
-tables it wrote and on what its workers recorded (``TLSEARCH_DEBUG_DIR``, see ``train.train_loop_per_worker``).
+tables it wrote and on what its workers recorded (``TLSEARCH_DEBUG_DIR``, see ``worker.train_loop_per_worker``).
 
 Checks, each a ``tlsearch run`` (or the benchmark) in its own process, on the bundled digits-split data:
 
@@ -88,7 +88,7 @@ class Context:
                 "--seed", "0", *(("--gpu",) if self.device_type == "cuda" else ()), *options]
 
     def env(self, name: str, visible: str | None = None, **extra: str) -> dict[str, str]:
-        from tlsearch.train import DEBUG_ENV
+        from tlsearch.worker import DEBUG_ENV
 
         env = {**os.environ, "HF_HUB_OFFLINE": "1", DEBUG_ENV: str(self.work / "workers" / name), **extra}
         if visible is not None:
@@ -263,7 +263,7 @@ def _session(proc: Path) -> int | None:
 
 def check_resume(ctx: Context) -> str:
     from tlsearch.stopping import recorded_results
-    from tlsearch.train import FAULTS_ENV
+    from tlsearch.worker import FAULTS_ENV
 
     name = "resume"
     options = ("--trials", "2", "--max-epochs", "3", "--grace-period", "3", "--init", "pretrained",

@@ -13,7 +13,7 @@ from tlsearch import results, storage
 from tlsearch.config import build_config
 from tlsearch.search import run_search
 from tlsearch.stopping import recorded_results
-from tlsearch.train import FAULTS_ENV
+from tlsearch.worker import FAULTS_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def test_a_run_restored_from_its_final_checkpoint_reports_its_epochs_again(tmp_p
     from ray.train.v2.api.callback import UserCallback
 
     from tlsearch.search import Resources, prepare
-    from tlsearch.train import train_loop_per_worker
+    from tlsearch.worker import train_loop_per_worker
 
     config = build_config(None, dataset="digits-split", model="test_resnet", init="scratch", image_size=16,
                           max_epochs=2, results_dir=str(tmp_path / "results"))

@@ -7,8 +7,10 @@ import torch
 from torch import nn
 
 from tlsearch import features, models
+from tlsearch.inputs import Payload, loaders
 from tlsearch.models import InputSpec
-from tlsearch.train import Hyper, TrialSpec, evaluate, loaders, normalizer, train_epoch
+from tlsearch.spec import TrialSpec
+from tlsearch.train import Hyper, evaluate, normalizer, train_epoch
 
 SPEC = InputSpec(3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -113,7 +115,7 @@ def test_forward_flops_of_the_frozen_part() -> None:
 def test_a_linear_probe_normalises_its_images_on_the_training_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """The normaliser is built on the training device; the payload's images are on the CPU. ``meta`` stands in
     for a GPU: any CPU image reaching the normaliser raises, as it would on a GPU before training starts."""
-    from tlsearch import train
+    from tlsearch import inputs
 
     meta = torch.device("meta")
     model = _frozen("test_resnet").to(meta)
@@ -128,8 +130,8 @@ def test_a_linear_probe_normalises_its_images_on_the_training_device(monkeypatch
     monkeypatch.setattr(features, "matches", lambda model, x: x.device == meta)
     monkeypatch.setattr(features, "compute", lambda model, images, norm, batch_size=512: torch.zeros(len(images), 8))
     images = torch.randint(0, 255, (12, 3, 32, 32), dtype=torch.uint8)
-    payload = train.Payload(images, torch.arange(12) % 3, torch.arange(8).numpy(), torch.arange(8, 12).numpy(), None, 0)
+    payload = Payload(images, torch.arange(12) % 3, torch.arange(8).numpy(), torch.arange(8, 12).numpy(), None, 0)
     hp = Hyper("pretrained", models.num_groups(model) - 1, 1e-2, 1e-3, 1.0)
     idx = (torch.arange(8), torch.arange(8, 12), None)
-    got = train._classifier_features(None, model, hp, payload, idx, spy, 1.0)
+    got = inputs._classifier_features(None, model, hp, payload, idx, spy, 1.0)
     assert got is not None and got.train.shape == (8, 8) and seen and set(seen) == {meta}

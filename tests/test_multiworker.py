@@ -15,9 +15,12 @@ from torch import nn
 
 from tlsearch.config import SearchConfig, build_config
 from tlsearch.errors import ConfigError
+from tlsearch.inputs import loaders
 from tlsearch.models import InputSpec
 from tlsearch.search.session import plan_resources
-from tlsearch.train import DEBUG_ENV, Stepper, TrialSpec, evaluation, fit, loaders
+from tlsearch.spec import TrialSpec
+from tlsearch.train import Stepper, evaluation, fit
+from tlsearch.worker import DEBUG_ENV
 
 # (the search and its tables are imported in the slow test: the gloo workers below import this module)
 

@@ -14,7 +14,7 @@ import pytest
 
 from tlsearch import pretrain, results
 from tlsearch.stopping import recorded_results
-from tlsearch.train import FAULTS_ENV
+from tlsearch.worker import FAULTS_ENV
 
 pytestmark = pytest.mark.slow
 

@@ -31,20 +31,11 @@ from timm.models import group_parameters
 from torch import nn
 
 from tlsearch.errors import ModelError, WeightsError
+from tlsearch.spec import InputSpec
 from tlsearch.storage import replacing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model eats: channels, square size and per-channel normalisation."""
-
-    in_chans: int
-    size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from tlsearch import data as data_mod
 from tlsearch import models, storage
 from tlsearch.config import SearchConfig
 from tlsearch.errors import ConfigError
+from tlsearch.inputs import Payload
 from tlsearch.models import InputSpec, SourceWeights
 from tlsearch.search.session import Resources, check_reachable
-from tlsearch.train import Payload, TrialSpec
+from tlsearch.spec import TrialSpec
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``run_search`` is the one core function behind ``tlsearch run``. What to try is :mod:`tlsearch.space`, when to
 stop is :mod:`tlsearch.stopping`, where it runs is :mod:`tlsearch.search.session`, the trial is
-:mod:`tlsearch.search.trial` (its loop :mod:`tlsearch.train`).
+:mod:`tlsearch.search.trial` (its worker :mod:`tlsearch.worker`, the loop :mod:`tlsearch.train`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from tlsearch.search.session import Resources
-from tlsearch.train import TrialSpec
+from tlsearch.spec import TrialSpec
 
 METRIC, MODE = "val_acc", "max"
 WORKER_RETRIES = 1  # a Train worker that dies is restarted once, from the last checkpoint
@@ -33,7 +33,7 @@ def run_trial(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from tlsearch.stopping import fit_with_deadline
-    from tlsearch.train import process_group_backend, train_loop_per_worker
+    from tlsearch.worker import process_group_backend, train_loop_per_worker
 
     backend = process_group_backend(resources.num_workers, resources.use_gpu, resources.gpus_per_worker)
     trainer = TorchTrainer(
