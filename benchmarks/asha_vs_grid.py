@@ -53,6 +53,7 @@ from tlsearch import search, train
 from tlsearch.config import Param, SearchConfig, SpaceConfig
 from tlsearch.inputs import Payload
 from tlsearch.replay import Curve, replay
+from tlsearch.search.prepare import prepare
 from tlsearch.space import DefineByRun
 from tlsearch.spec import TrialSpec
 from tlsearch.train import Cost, Hyper
@@ -103,9 +104,10 @@ ONE_CPU = search.Resources(num_workers=1, use_gpu=False, cpus_per_worker=1.0, gp
 def _init_worker(setup: Setup) -> None:
     """Per process: the data and source weights exactly as ``tlsearch run`` prepares them."""
     torch.set_num_threads(1)
-    config = SearchConfig(dataset=DATASET, model=MODEL, weights=setup.weights, image_size=SIZE,
-                          max_epochs=setup.max_epochs, seed=SEED, results_dir=str(HERE.parent / "results"))
-    plan = search.prepare(config)
+    config = SearchConfig(dataset=DATASET, space=SpaceConfig(model=Param.fixed(MODEL)), weights=setup.weights,
+                          image_size=SIZE, max_epochs=setup.max_epochs, seed=SEED,
+                          results_dir=str(HERE.parent / "results"))
+    plan = prepare(config)
     _WORKER["payload"] = plan.payload()
     _WORKER["spec"] = plan.trial_spec(ONE_CPU)
 
@@ -117,7 +119,7 @@ def train_configuration(config: dict[str, Any]) -> list[dict[str, Any]]:
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     hp = Hyper.from_config(config)
-    model, plan = train.build_model(spec, hp, payload.source)
+    model, plan = train.build_model(spec, hp, payload.source_for(spec.model))
     inputs = trial_io.trial_inputs(model, hp, spec, payload, train.normalizer(spec.input_spec, torch.device("cpu")),
                                 None)
     steps = spec.max_epochs * max(1, len(inputs.train))

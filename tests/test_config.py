@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,55 @@ def test_the_dimensions_have_one_source() -> None:
     assert list(DIMENSIONS) == [f.name for f in dataclasses.fields(Hyper)]
     assert {name: str(TRIALS.field(name).type) for name in DIMENSIONS} == {
         "init": "string", "freeze_depth": "int32", "head_lr": "double", "backbone_lr": "double",
-        "data_fraction": "double"}
+        "data_fraction": "double", "model": "string", "freeze_share": "double"}
     hp = Hyper.from_config({"init": "scratch", "freeze_depth": "0", "head_lr": "0.1", "backbone_lr": 1,
-                            "data_fraction": 0.5, "scratch.head_lr": 0.1})
-    assert hp == Hyper("scratch", 0, 0.1, 1.0, 0.5)
+                            "data_fraction": 0.5, "scratch.head_lr": 0.1, "model": "a", "freeze_share": "0"})
+    assert hp == Hyper("scratch", 0, 0.1, 1.0, 0.5, "a", 0.0)
+    hand_made = Hyper.from_config({"init": "scratch", "freeze_depth": 0, "head_lr": 0.1, "backbone_lr": 1,
+                                   "data_fraction": 0.5})
+    assert hand_made.model == "" and math.isnan(hand_made.freeze_share)  # the spec's model; share unknown
+    with pytest.raises(KeyError):
+        Hyper.from_config({"init": "scratch", "head_lr": 0.1, "backbone_lr": 1, "data_fraction": 0.5})
+
+
+def test_several_models_search_a_share() -> None:
+    config = build_config(None, model="test_resnet,test_vit", weights="test_vit=v.safetensors")
+    assert config.space.models == ("test_resnet", "test_vit") and config.model == "test_resnet,test_vit"
+    assert config.weights_by_model() == {"test_vit": "v.safetensors"}
+    resolved = config.space.with_freeze_range(6)
+    assert resolved.freeze_share == Param.range(0.0, 1.0) and resolved.freeze_depth is None
+    one = build_config(None, model="test_resnet", weights="w.safetensors", freeze_share="0,0.5,1")
+    assert one.weights_by_model() == {"test_resnet": "w.safetensors"}
+    assert one.space.with_freeze_range(6).freeze_share == Param.choice(0.0, 0.5, 1.0)
+    assert build_config(None, model="test_resnet").space.with_freeze_range(6).freeze_share is None
+
+
+def test_a_config_file_lists_models_and_maps_weights(tmp_path: Path) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text("model: [test_resnet, test_vit]\nweights: {test_resnet: r.safetensors, test_vit: v.pt}\n"
+                    "space:\n  freeze_share: {low: 0.2, high: 1}\n")
+    config = build_config(path)
+    assert config.space.model == Param.choice("test_resnet", "test_vit")
+    assert config.weights_by_model() == {"test_resnet": "r.safetensors", "test_vit": "v.pt"}
+    assert config.space.freeze_share == Param.range(0.2, 1.0)
+    again = SearchConfig.from_dict(config.to_dict())  # as confirm reads the stored config back
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model": "a,b", "weights": "c=x.pt"}, "weights: got a file for 'c', which is not a searched model; "
+                                                 "valid: a, b"),
+        ({"model": "a,b", "weights": "x.pt"}, "one file 'x.pt' for 2 models; name its model, e.g. a=x.pt"),
+        ({"model": "a,b", "weights": "a=x.pt,a=y.pt"}, "MODEL=FILE once per model"),
+        ({"freeze_share": "0:1.5"}, r"freeze_share: must be in \[0, 1\].*got 0.0:1.5"),
+        ({"freeze_share": "-0.1,0.5"}, r"freeze_share: must be in \[0, 1\]"),
+        ({"model": "a,b", "freeze_depth": "0:3"}, "a depth counts groups, which differ per model; use freeze_share"),
+        ({"freeze_depth": "0:3", "freeze_share": "0:1"}, "both given"),
+        ({"model": "a:b"}, "model: got the range"),
+    ],
+)
+def test_bad_models_weights_and_shares_are_one_clear_error(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(None, **overrides)

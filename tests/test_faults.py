@@ -85,7 +85,8 @@ def test_a_run_restored_from_its_final_checkpoint_reports_its_epochs_again(tmp_p
     from ray.train.torch import TorchTrainer
     from ray.train.v2.api.callback import UserCallback
 
-    from tlsearch.search import Resources, prepare
+    from tlsearch.search import Resources
+    from tlsearch.search.prepare import prepare
     from tlsearch.worker import train_loop_per_worker
 
     config = build_config(None, dataset="digits-split", model="test_resnet", init="scratch", image_size=16,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -135,3 +136,37 @@ def test_a_linear_probe_normalises_its_images_on_the_training_device(monkeypatch
     idx = (torch.arange(8), torch.arange(8, 12), None)
     got = inputs._classifier_features(None, model, hp, payload, idx, spy, 1.0)
     assert got is not None and got.train.shape == (8, 8) and seen and set(seen) == {meta}
+
+
+class _LocalCache:
+    """A FeatureCache used in-process through the interface of its Ray actor handle (``get.remote``...)."""
+
+    def __init__(self) -> None:
+        self.actor = features.FeatureCache()
+        self.get = SimpleNamespace(remote=self.actor.get)
+        self.put = SimpleNamespace(remote=self.actor.put)
+
+
+def test_the_cache_is_keyed_by_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two models at the same depth (both have 6 groups) on the same subset never share features."""
+    import ray
+
+    from tlsearch import inputs
+
+    monkeypatch.setattr(ray, "get", lambda value: value)  # the local cache answers directly
+    cache = _LocalCache()
+    images = torch.randint(0, 255, (12, 3, 32, 32), dtype=torch.uint8)
+    payload = Payload(images, torch.arange(12) % 3, torch.arange(8).numpy(), torch.arange(8, 12).numpy(), None, 0)
+    idx = (torch.arange(8), torch.arange(8, 12), None)
+    normalize = normalizer(SPEC, torch.device("cpu"))
+    got, built = {}, {name: _frozen(name) for name in ("test_resnet", "resnet10t")}
+    for name in ("test_resnet", "resnet10t", "test_resnet"):
+        model = built[name]
+        hp = Hyper("pretrained", 5, 1e-2, 1e-3, 1.0, model=name)
+        got[name] = inputs._classifier_features(cache, model, hp, payload, idx, normalize, 1.0)
+        assert got[name] is not None
+        assert torch.allclose(got[name].train, features.compute(model, images[:8], normalize))
+    keys = cache.actor.keys()  # the actor's method (a list of keys), not a dict's
+    assert sorted(key[:3] for key in keys) == [
+        ("train", "resnet10t", 5), ("train", "test_resnet", 5), ("val", "resnet10t", 5), ("val", "test_resnet", 5)]
+    assert got["test_resnet"].computed_images == 0  # the second test_resnet probe took the first one's features

@@ -106,6 +106,28 @@ def test_real_timm_model_without_group_matcher_gets_groups() -> None:
     assert "head.fc.fc2.weight" in groups[-1] or any("head" in n for n in groups[-1])
 
 
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit", "test_efficientnet", "mobilenetv3_small_050"])
+def test_a_probe_costs_no_memory_and_has_the_models_groups(name: str) -> None:
+    probe = models.probe(name)
+    assert {p.device.type for p in probe.parameters()} == {"meta"}
+    assert models.num_groups(probe) == models.num_groups(models.create(name, num_classes=2))
+    assert models.input_spec(probe) == models.input_spec(models.create(name, num_classes=2))
+
+
+def test_a_model_that_cannot_be_built_on_meta_is_probed_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = models.timm.create_model
+
+    def no_meta(name: str, **kwargs: object) -> nn.Module:
+        if torch.empty(0).device.type == "meta":
+            raise NotImplementedError("an initialiser with no meta kernel")
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(models.timm, "create_model", no_meta)
+    assert {p.device.type for p in models.probe("test_resnet").parameters()} == {"cpu"}
+    with pytest.raises(ModelError, match="unknown timm model"):
+        models.probe("resnet10x")
+
+
 def test_freeze_depth_out_of_range() -> None:
     model = models.create("test_resnet", num_classes=3)
     with pytest.raises(ModelError, match="outside 0..5"):

@@ -62,3 +62,13 @@ def test_importing_the_package_does_not_import_torch() -> None:
     code = "import sys, tlsearch, tlsearch.cli, tlsearch.results; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_trials_tune_function_unpickles_without_torch_or_timm() -> None:
+    """What each trial's Tune function process loads before it runs: the trial module and its TrialSpec."""
+    code = ("import pickle, sys; from tlsearch.search import trial; from tlsearch.spec import InputSpec, TrialSpec; "
+            "spec = TrialSpec('m', 2, InputSpec(3, 32, (0.5,), (0.5,)), 1, 8, 8, 0.0, 0, 1, 1.0); "
+            "pickle.loads(pickle.dumps((trial.run_trial, spec))); "
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'ray.train') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

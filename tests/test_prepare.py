@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from tlsearch import models
 from tlsearch.cli import cli
 from tlsearch.config import build_config
-from tlsearch.errors import DataError, ModelError
-from tlsearch.search import prepare
+from tlsearch.errors import ConfigError, DataError, ModelError
+from tlsearch.search.prepare import prepare
+from tlsearch.search.session import Resources
 
 FAST = {"model": "test_resnet", "image_size": 16, "name": "p"}
 
@@ -43,11 +44,11 @@ def test_a_bad_dataset_is_reported_before_missing_weights(tmp_path: Path) -> Non
         prepare(build_config(None, **{**FAST, "model": "resnet10x"}, dataset=nowhere, results_dir=results))
 
 
-def _weights(tmp_path: Path, **sidecar: Any) -> str:
-    path = tmp_path / "source.safetensors"
-    models.save(models.create("test_resnet", num_classes=5, in_chans=1), path, {
-        "model": "test_resnet", "num_classes": 5,
-        "input": {"in_chans": 1, "size": 16, "mean": [0.5], "std": [0.25]}, **sidecar})
+def _weights(tmp_path: Path, model: str = "test_resnet", size: int = 16, **sidecar: Any) -> str:
+    path = tmp_path / f"{model}-{size}.safetensors"
+    models.save(models.create(model, num_classes=5, in_chans=1), path, {
+        "model": model, "num_classes": 5,
+        "input": {"in_chans": 1, "size": size, "mean": [0.5], "std": [0.25]}, **sidecar})
     return str(path)
 
 
@@ -58,7 +59,7 @@ def test_a_source_trained_on_the_target_images_is_refused(tmp_path: Path) -> Non
         prepare(config)
     unseen = _weights(tmp_path, dataset="digits-split", classes=["0", "1", "2", "3", "4"])
     plan = prepare(build_config(None, **FAST, dataset="digits-split", weights=unseen, results_dir=str(tmp_path)))
-    assert plan.source is not None and plan.classes == ("5", "6", "7", "8", "9")
+    assert set(plan.sources) == {"test_resnet"} and plan.classes == ("5", "6", "7", "8", "9")
 
 
 def test_no_network_hub_weights_fail_in_seconds_with_one_line(
@@ -85,3 +86,40 @@ def test_no_network_hub_weights_fail_in_seconds_with_one_line(
     library = [r for r in caplog.records if r.name.split(".")[0] in ("huggingface_hub", "httpx", "urllib3", "timm")]
     assert not library, [r.getMessage() for r in library]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.usefixtures("no_hub")
+def test_two_models_each_with_its_weights_groups_and_normalisation(tmp_path: Path) -> None:
+    unseen = {"dataset": "digits-split", "classes": ["0", "1", "2", "3", "4"]}
+    resnet = _weights(tmp_path, **unseen)
+    effnet = _weights(tmp_path, "test_efficientnet", **unseen)
+    config = build_config(None, **{**FAST, "model": "test_resnet,test_efficientnet"}, dataset="digits-split",
+                          weights=f"test_resnet={resnet},test_efficientnet={effnet}", results_dir=str(tmp_path))
+    plan = prepare(config)
+    assert plan.groups == {"test_resnet": 6, "test_efficientnet": 7} and plan.num_groups is None
+    assert {m: s.origin for m, s in plan.sources.items()} == {"test_resnet": resnet, "test_efficientnet": effnet}
+    assert plan.config.space.freeze_share is not None and plan.images.shape[1:] == (1, 16, 16)
+    assert plan.payload().source_for("test_efficientnet") is plan.sources["test_efficientnet"]
+    spec = plan.trial_spec(Resources(1, False, 1.0, 0.0, 1, 1))
+    assert spec.model == "test_resnet" and spec.for_model("test_efficientnet").model == "test_efficientnet"
+    with pytest.raises(ValueError, match="not one of this search's models"):
+        spec.for_model("test_vit")
+
+
+@pytest.mark.usefixtures("no_hub")
+def test_models_that_take_different_sizes_are_refused_unless_one_size_is_asked(tmp_path: Path) -> None:
+    unseen = {"dataset": "digits-split", "classes": ["0", "1", "2", "3", "4"]}
+    small, large = _weights(tmp_path, size=16, **unseen), _weights(tmp_path, "test_efficientnet", size=24, **unseen)
+    options = {**FAST, "model": "test_resnet,test_efficientnet", "image_size": None, "dataset": "digits-split",
+               "weights": f"test_resnet={small},test_efficientnet={large}", "results_dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match=r"different inputs \(test_resnet 1x16x16, test_efficientnet 1x24x24\)"):
+        prepare(build_config(None, **options))
+    assert prepare(build_config(None, **{**options, "image_size": 20})).images.shape[1:] == (1, 20, 20)
+
+
+def test_a_scratch_search_of_two_models_needs_no_weights(tmp_path: Path, no_hub: None) -> None:
+    config = build_config(None, **{**FAST, "model": "test_resnet,test_vit", "image_size": 32}, init="scratch",
+                          dataset="digits-split", results_dir=str(tmp_path))
+    plan = prepare(config)
+    assert plan.sources == {} and plan.payload().source_for("test_vit") is None
+    assert set(plan.input_specs) == {"test_resnet", "test_vit"} and plan.groups["test_vit"] > 2

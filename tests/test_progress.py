@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import logging
 import pickle
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
-from tlsearch.search.progress import Progress
+from tlsearch.search.progress import Progress, quiet_ray
+from tlsearch.search.trial import trial_started_at
 
 
 class Clock:
@@ -62,3 +66,22 @@ def test_a_confirmation_runs_configuration_is_shown_too() -> None:
     run = SimpleNamespace(trial_id="r", config={"run": {"init": "scratch", "data_fraction": 0.1, "seed": 1000}})
     progress.on_trial_result(0, [], run, {"epoch": 1, "val_acc": 0.5})
     assert "(init scratch, data_fraction 0.1)" in progress.line()
+
+
+def test_quietly_ray_and_optuna_log_lines_go_to_the_searchs_log_file(tmp_path: Path, capsys: object) -> None:
+    import optuna  # noqa: F401 - sets up Optuna's own stderr handler at INFO, as in a search
+
+    with quiet_ray(str(tmp_path), verbose=0) as log_file:
+        logging.getLogger("optuna").info("A new study created in memory with name: optuna")
+        logging.getLogger("ray.tune").warning("process_trial_result took 1.93 s")
+    assert log_file is not None
+    text = Path(log_file).read_text()
+    assert "A new study created" in text and "process_trial_result" in text
+    assert "new study" not in capsys.readouterr().err  # type: ignore[attr-defined]
+    assert logging.getLogger("optuna").propagate or logging.getLogger("optuna").handlers  # restored
+
+
+def test_a_processs_first_trial_starts_when_the_process_did() -> None:
+    first, second = trial_started_at(), trial_started_at()
+    assert first < second - 0.01 or first <= time.time() - 0.01  # the first counts the process's start-up
+    assert abs(second - time.time()) < 1.0

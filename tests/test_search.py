@@ -4,7 +4,8 @@ import pytest
 
 from tlsearch.config import build_config
 from tlsearch.errors import ConfigError
-from tlsearch.search import plan_resources, prepare
+from tlsearch.search import plan_resources
+from tlsearch.search.prepare import prepare
 from tlsearch.search.tables import epoch_records
 
 

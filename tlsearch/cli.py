@@ -50,9 +50,9 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                                    "an ImageFolder or Parquet path."),
     click.option("--data-dir",
                  help="Folder with Fashion-MNIST IDX files (default: Debian's dataset-fashion-mnist)."),
-    click.option("--model", help="Any timm model name (default resnet10t)."),
-    click.option("--weights", type=click.Path(dir_okay=False),
-                 help="Pretrained weights (safetensors or state dict); default: timm hub."),
+    click.option("--model", help="Any timm model name, or several 'a,b,c' to search over (default resnet10t)."),
+    click.option("--weights", help="Pretrained weights (safetensors or state dict): FILE, or MODEL=FILE,... "
+                                   "with several models; a model without a file: timm hub or cache."),
     click.option("--image-size", type=int,
                  help="Square input size (default: the weights' sidecar or the model's config)."),
     click.option("--trials", type=int, help="Number of trials (default 12)."),
@@ -82,10 +82,22 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
                  help="ASHA ranks a trial only among trials of its own arm, or arm and data fraction (default init)."),
     click.option("--feature-cache/--no-feature-cache", default=None,
                  help="Linear probes train on frozen features computed once per data subset (default: on)."),
+    click.option("--data-loading", type=click.Choice(["auto", "memory", "stream"]),
+                 help="memory: decode the target once and share it through the object store; stream: Ray Data "
+                      "reads, decodes and transforms each worker's shard as it trains (Parquet or ImageFolder, "
+                      "any size; linear probes run the whole model); auto: memory when the decoded images fit "
+                      "(default auto)."),
+    click.option("--augment", type=click.Choice(["none", "light", "strong"]),
+                 help="Training-time augmentation from timm's transform factory: light = random resized crop "
+                      "(scale 0.35-1) + horizontal flip, strong = crop (0.08-1) + flip + RandAugment; validation "
+                      "and test never; cached linear-probe features stay un-augmented (default none)."),
     click.option("--trial-timeout", "trial_timeout_s", type=float,
                  help="Seconds a trial may run before it is ended and recorded as timed out (default: none)."),
     click.option("--freeze-depth",
-                 help=f"Frozen leading parameter groups: {SPACE_HELP} (default: all depths)."),
+                 help=f"Frozen leading parameter groups of a single model: {SPACE_HELP} (default: all depths)."),
+    click.option("--freeze-share",
+                 help=f"Frozen share of each model's parameter groups in [0, 1] (0 = train all, 1 = linear probe), "
+                      f"mapped to a depth per model: {SPACE_HELP} (default 0:1 with several models)."),
     click.option("--head-lr", help=f"Head learning rate: {SPACE_HELP} (ranges are log-uniform)."),
     click.option("--backbone-lr", help=f"Backbone learning rate: {SPACE_HELP} (ranges are log-uniform)."),
     click.option("--data-fraction", help=f"Share of the target training set: {SPACE_HELP}."),

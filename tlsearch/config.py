@@ -33,16 +33,19 @@ class Hyper:
     """
 
     init: str
-    freeze_depth: int
+    freeze_depth: int  # the depth the trial trains with (from freeze_share when that is searched)
     head_lr: float
     backbone_lr: float
     data_fraction: float
+    model: str = ""  # the timm model; "" (a Hyper built by hand) = the trial spec's one model
+    freeze_share: float = math.nan  # freeze_depth / (groups - 1): comparable across models; nan = not known
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Hyper:
         """From a Tune config (which also holds each arm's Optuna parameters, ``scratch.head_lr``, ...)."""
         casts = {"str": str, "int": int, "float": float}
-        return cls(**{f.name: casts[str(f.type)](config[f.name]) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: casts[str(f.type)](config[f.name]) for f in dataclasses.fields(cls)
+                      if f.name in config or f.default is dataclasses.MISSING})
 
 
 _ARROW_TYPES = {"str": "string", "int": "int32", "float": "float64"}
@@ -50,6 +53,8 @@ DIMENSIONS: dict[str, str] = {f.name: _ARROW_TYPES[str(f.type)] for f in datacla
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the GPU has it, else fp16; fp32 on CPUs
 # Fair arms: ASHA compares a trial with the trials of its own arm (and, optionally, of its own data fraction).
 ASHA_GROUPS = ("init", "init,data_fraction")
+DATA_LOADINGS = ("auto", "memory", "stream")  # auto: memory when the decoded images fit (stream.choose_loading)
+AUGMENTS = ("none", "light", "strong")  # training-time augmentation levels (augment.py)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -168,11 +173,16 @@ def _cast(name: str, value: Any, cast: type) -> Any:
 class SpaceConfig:
     """What to try: the search dimensions.
 
-    ``freeze_depth`` counts the model's leading parameter groups that stay frozen: 0 trains everything, G-1 (G =
-    number of groups) is a linear probe. ``None`` means the model's whole range, resolved once the model is known.
+    ``model`` is one timm name or a choice of several. Freezing is searched one of two ways. ``freeze_depth``
+    counts the model's leading parameter groups that stay frozen: 0 trains everything, G-1 (G = number of groups)
+    is a linear probe; ``None`` means the model's whole range, resolved once the model is known; one model only,
+    since a depth means different things in different families. ``freeze_share`` is a share of the groups in
+    [0, 1], mapped to a depth per model (``space.depth_for_share``): what several models search (0:1 by default).
     """
 
     freeze_depth: Param | None = None
+    freeze_share: Param | None = None
+    model: Param = field(default_factory=lambda: Param.fixed("resnet10t"))
     head_lr: Param = field(default_factory=lambda: Param.range(1e-4, 3e-2, log=True))
     backbone_lr: Param = field(default_factory=lambda: Param.range(1e-5, 1e-2, log=True))
     data_fraction: Param = field(default_factory=lambda: Param.choice(0.01, 0.03, 0.1))
@@ -193,6 +203,27 @@ class SpaceConfig:
             lo, _ = self.freeze_depth.bounds()
             if lo < 0:
                 raise ConfigError(f"freeze_depth: must be >= 0, got {self.freeze_depth}")
+        self._check_models_and_share()
+
+    def _check_models_and_share(self) -> None:
+        if self.model.kind == "range":
+            raise ConfigError(f"model: got the range {self.model}; give a timm name or a list 'a,b,c'")
+        if self.freeze_share is not None:
+            lo, hi = self.freeze_share.bounds()
+            if lo < 0 or hi > 1:
+                raise ConfigError(f"freeze_share: must be in [0, 1] (0 = train all, 1 = linear probe), "
+                                  f"got {self.freeze_share}")
+            if self.freeze_depth is not None:
+                raise ConfigError(f"freeze_depth {self.freeze_depth} and freeze_share {self.freeze_share} both "
+                                  "given; search one of them")
+        if self.freeze_depth is not None and len(self.models) > 1:
+            raise ConfigError(f"freeze_depth: got {self.freeze_depth} for several models ({', '.join(self.models)}),"
+                              " but a depth counts groups, which differ per model; use freeze_share 0:1 instead")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The timm models this search tries."""
+        return tuple(str(m) for m in self.model.values())
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> SpaceConfig:
@@ -200,6 +231,10 @@ class SpaceConfig:
         kwargs: dict[str, Any] = {}
         if raw.get("freeze_depth") not in (None, "auto"):
             kwargs["freeze_depth"] = parse_param("freeze_depth", raw["freeze_depth"], cast=int)
+        if raw.get("freeze_share") is not None:
+            kwargs["freeze_share"] = parse_param("freeze_share", raw["freeze_share"], cast=float)
+        if raw.get("model") is not None:
+            kwargs["model"] = parse_param("model", raw["model"], cast=str)
         for name in ("head_lr", "backbone_lr"):
             if raw.get(name) is not None:
                 kwargs[name] = parse_param(name, raw[name], cast=float, log=True)
@@ -210,7 +245,10 @@ class SpaceConfig:
         return cls(**kwargs)
 
     def with_freeze_range(self, num_groups: int) -> SpaceConfig:
-        """Resolve ``freeze_depth`` against a model with ``num_groups`` parameter groups, checking its range."""
+        """Resolve ``freeze_depth`` against a model with ``num_groups`` parameter groups, checking its range; with
+        several models (or a share asked for), the share instead: 0:1 unless given."""
+        if self.freeze_share is not None or len(self.models) > 1:
+            return dataclasses.replace(self, freeze_share=self.freeze_share or Param.range(0.0, 1.0))
         top = num_groups - 1
         if self.freeze_depth is None:
             return dataclasses.replace(self, freeze_depth=Param.range(0, top) if top > 0 else Param.fixed(0))
@@ -234,8 +272,7 @@ class SearchConfig:
     """A whole search: data, model, budget, scheduler, resources and the space."""
 
     dataset: str = "digits-split"
-    model: str = "resnet10t"
-    weights: str | None = None
+    weights: str | None = None  # FILE (one model) or "model=FILE,model=FILE"; see weights_by_model
     data_dir: str | None = None
     image_size: int | None = None
     trials: int = 12
@@ -259,6 +296,8 @@ class SearchConfig:
     max_concurrent: int | None = None
     trial_timeout_s: float | None = None
     feature_cache: bool = True
+    data_loading: str = "auto"  # memory | stream | auto (by the decoded size)
+    augment: str = "none"  # none | light | strong, training images only
     asha_groups: str = "init"  # ASHA ranks a trial only among trials of the same values of these dimensions
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
@@ -292,6 +331,10 @@ class SearchConfig:
             raise ConfigError(f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
         if self.max_concurrent is not None and self.max_concurrent <= 0:
             raise ConfigError(f"max_concurrent: must be > 0, got {self.max_concurrent}")
+        if self.data_loading not in DATA_LOADINGS:
+            raise ConfigError(f"data_loading: got {self.data_loading!r}; valid: {', '.join(DATA_LOADINGS)}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"augment: got {self.augment!r}; valid: {', '.join(AUGMENTS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: got {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if self.precision in ("bf16", "fp16") and self.use_gpu is not True:
@@ -313,6 +356,34 @@ class SearchConfig:
             raise ConfigError(f"asha_groups: got {self.asha_groups!r}; valid: {', '.join(ASHA_GROUPS)}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        self.weights_by_model()
+
+    @property
+    def model(self) -> str:
+        """The model, or the searched models as ``a,b,c``."""
+        return ",".join(self.space.models)
+
+    def weights_by_model(self) -> dict[str, str]:
+        """Weights files by model: ``FILE`` names the only model's, ``a=FILE,b=FILE`` each listed model's; a
+        model without a file takes timm's pretrained weights (hub or cache)."""
+        if not self.weights:
+            return {}
+        models = self.space.models
+        if "=" not in self.weights:
+            if len(models) > 1:
+                raise ConfigError(f"weights: got one file {self.weights!r} for {len(models)} models; name its model, "
+                                  f"e.g. {models[0]}={self.weights}")
+            return {models[0]: self.weights}
+        found: dict[str, str] = {}
+        for item in (t.strip() for t in self.weights.split(",") if t.strip()):
+            name, _, path = (p.strip() for p in item.partition("="))
+            if not path or name in found:
+                raise ConfigError(f"weights: got {item!r}; give MODEL=FILE once per model, e.g. {models[0]}=a.pt")
+            if name not in models:
+                raise ConfigError(f"weights: got a file for {name!r}, which is not a searched model; "
+                                  f"valid: {', '.join(models)}")
+            found[name] = path
+        return found
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> SearchConfig:
@@ -326,6 +397,8 @@ class SearchConfig:
                 space_raw[key] = raw.pop(key)
         _reject_unknown("config", raw, set(fields) - {"space"} | space_keys | {"space"})
         kwargs: dict[str, Any] = {"space": SpaceConfig.from_dict(space_raw)}
+        if isinstance(raw.get("weights"), Mapping):  # a config file's {model: FILE}
+            raw["weights"] = ",".join(f"{name}={path}" for name, path in raw["weights"].items())
         for key, value in raw.items():
             if value is not None:
                 kwargs[key] = _coerce(key, value, fields[key].type)

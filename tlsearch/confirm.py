@@ -47,7 +47,8 @@ def chosen_configs(trial_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def planned_runs(chosen: list[dict[str, Any]], repeats: int, seed: int) -> list[dict[str, Any]]:
     """One Tune config per (configuration, repeat): the dimensions, the seed, and where it came from."""
     return [
-        {**{k: trial[k] for k in DIMENSIONS}, "seed": seed + SEED_STRIDE * (r + 1), "repeat": r,
+        {**{k: trial[k] for k in DIMENSIONS if trial.get(k) is not None},  # older tables lack model, share
+         "seed": seed + SEED_STRIDE * (r + 1), "repeat": r,
          "source_trial_id": trial["trial_id"], "run_id": f"{trial['init']}-{trial['data_fraction']:g}-r{r}"}
         for trial in chosen for r in range(repeats)
     ]
@@ -122,7 +123,7 @@ def _tuner(plan: Plan, resources: Resources, runs: list[dict[str, Any]], tune_di
     trainable = tune.with_resources(
         tune.with_parameters(run_confirm_trial, spec=spec, payload=[ray.put(plan.payload(with_test=True))],
                              resources=resources, storage=plan.ray_storage, deadline_s=plan.config.trial_timeout_s,
-                             feature_cache=None),
+                             feature_cache=None, streamed=plan.stream is not None),
         {"CPU": DRIVER_CPU},
     )
     if resuming:

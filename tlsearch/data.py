@@ -28,13 +28,15 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from tlsearch import storage
 from tlsearch.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 FASHION_MNIST_CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
@@ -106,7 +108,10 @@ def load(spec: str, role: str = "target", data_dir: str | None = None) -> ImageS
 
 
 def check_spec(spec: str) -> None:
-    """Refuse, without reading any image, a dataset that is neither a built-in nor an existing folder or file."""
+    """Refuse, without reading any image, a dataset that is neither a built-in nor an existing folder or file
+    (a remote URI, only streamed, is looked at later: it needs the network)."""
+    if storage.is_remote(spec):
+        return
     path = Path(spec)
     if spec in BUILTINS or path.is_dir() or (path.is_file() and path.suffix == ".parquet"):
         return
@@ -208,6 +213,9 @@ def _decode(blob: bytes, where: str) -> np.ndarray:
 
 def _stack(images: list[np.ndarray]) -> np.ndarray:
     """Stack decoded images, resizing odd sizes to the most common one and matching channels."""
+    import torch
+    import torch.nn.functional as F
+
     if not images:
         return np.zeros((0, 1, 1, 1), dtype=np.uint8)
     chans = max(im.shape[2] for im in images)
@@ -269,21 +277,25 @@ def _parquet(path: Path) -> ImageSet:
         column = column.combine_chunks().field("bytes")
     blobs = column.to_pylist()
     images = [_decode(b, f"row {i} of {path}") for i, b in enumerate(blobs)]
-    raw_labels = table.column(label_col).to_pylist()
-    if any(v is None for v in raw_labels):
-        raise DataError(f"Parquet dataset {path}: column {label_col!r} has missing labels")
-    classes = [str(v) for v in sorted(set(raw_labels))]
-    index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index[str(v)] for v in raw_labels], dtype=np.int64)
+    labels, classes = class_labels(table.column(label_col).to_pylist(), f"Parquet dataset {path}: column {label_col!r}")
     split: np.ndarray | None
     if "split" in names:
-        split = _split_marks(table.column("split").to_pylist(), f"Parquet dataset {path}: column 'split'")
+        split = split_marks(table.column("split").to_pylist(), f"Parquet dataset {path}: column 'split'")
     else:
         split = _file_splits(path, [(p, t.num_rows) for p, t in fragments]) if path.is_dir() else None
     return ImageSet(_stack(images), labels, tuple(classes), split)
 
 
-def _split_marks(values: Sequence[Any], where: str) -> np.ndarray:
+def class_labels(values: Sequence[Any], where: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Labels 0..K-1 and the K class names (sorted) from a label column's values."""
+    if any(v is None for v in values):
+        raise DataError(f"{where} has missing labels")
+    classes = [str(v) for v in sorted(set(values))]
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[str(v)] for v in values], dtype=np.int64), tuple(classes)
+
+
+def split_marks(values: Sequence[Any], where: str) -> np.ndarray:
     marks = [SPLIT_NAMES.get(str(v).strip().lower()) for v in values]
     bad = sorted({str(v) for v, m in zip(values, marks, strict=True) if m is None})
     if bad:
@@ -294,7 +306,7 @@ def _split_marks(values: Sequence[Any], where: str) -> np.ndarray:
 def _file_splits(root: Path, files: list[tuple[str, int]]) -> np.ndarray | None:
     """Each row's split from its file's path below ``root``: the first part named ``train``, ``test``, ... (up to a
     ``-``, ``_`` or ``.``); None when no file is named so."""
-    marks = [_split_of(Path(file).resolve().relative_to(root.resolve())) for file, _ in files]
+    marks = [split_of(Path(file).resolve().relative_to(root.resolve())) for file, _ in files]
     if all(m is None for m in marks):
         return None
     unnamed = [file for (file, _), m in zip(files, marks, strict=True) if m is None]
@@ -304,7 +316,8 @@ def _file_splits(root: Path, files: list[tuple[str, int]]) -> np.ndarray | None:
     return np.concatenate([np.full(rows, m, dtype=np.int8) for (_, rows), m in zip(files, marks, strict=True)])
 
 
-def _split_of(relative: Path) -> int | None:
+def split_of(relative: Path) -> int | None:
+    """The split a file's path (below the dataset's root) names: its first part named train, val, test, ..."""
     for part in relative.with_suffix("").parts:
         word = part.lower().replace("_", "-").replace(".", "-").split("-")[0]
         if word in SPLIT_NAMES:
@@ -314,6 +327,9 @@ def _split_of(relative: Path) -> int | None:
 
 def to_model_input(data: ImageSet, in_chans: int, size: int) -> torch.Tensor:
     """uint8 N x C x size x size: channels matched to the model (gray repeated, RGB averaged), resized once."""
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2)
     if x.shape[1] != in_chans:
         x = x.float().mean(1, keepdim=True).expand(-1, in_chans, -1, -1)
@@ -342,14 +358,20 @@ def three_way_split(data: ImageSet, val_size: int, test_size: float, seed: int) 
     then drawn from what is left with ``seed``, as :func:`stratified_split` does (``val_size`` images, at most a
     fifth). Whatever remains is the pool.
     """
-    marks = data.split if data.split is not None else np.full(len(data), TRAIN, dtype=np.int8)
+    return split_rows(data.labels, data.split, val_size, test_size, seed)
+
+
+def split_rows(labels: np.ndarray, split: np.ndarray | None, val_size: int, test_size: float, seed: int) -> Splits:
+    """:func:`three_way_split` from the labels (and split marks) alone: row ids 0..N-1, no image needed (the
+    streaming path reads only the label column)."""
+    marks = split if split is not None else np.full(len(labels), TRAIN, dtype=np.int8)
     train, val, test = (np.flatnonzero(marks == code) for code in (TRAIN, VAL, TEST))
     if len(test) == 0:
-        test = _stratified(data.labels, train, test_size, np.random.default_rng(TEST_SEED))
+        test = _stratified(labels, train, test_size, np.random.default_rng(TEST_SEED))
         train = np.setdiff1d(train, test)
     if len(val) == 0:
         share = min(val_size, len(train) // 5) / max(len(train), 1)
-        val = _stratified(data.labels, train, share, np.random.default_rng(seed))
+        val = _stratified(labels, train, share, np.random.default_rng(seed))
         train = np.setdiff1d(train, val)
     return Splits(train, val, test)
 

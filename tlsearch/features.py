@@ -3,9 +3,9 @@
 A trial whose trainable parameters all belong to the model's classifier (a linear probe) computes the frozen
 part's output (timm's ``forward_head(forward_features(x), pre_logits=True)``) once for its training subset and
 for the validation split, then trains and evaluates the classifier alone on those tensors. The outputs are kept
-in a :class:`FeatureCache` actor that lives as long as the search, keyed by (freeze depth, data subset): the
-model, weights and input are fixed within a search, so the key names everything the features depend on, and
-a new search starts with an empty cache. Before a trial uses cached features it checks, on a few images, that
+in a :class:`FeatureCache` actor that lives as long as the search, keyed by (model, freeze depth, data subset):
+each model's weights and input are fixed within a search, so the key names everything the features depend on,
+and a new search starts with an empty cache. Before a trial uses cached features it checks, on a few images, that
 classifier(features) equals the model's own output; a model where that fails trains the usual way.
 """
 

@@ -9,7 +9,7 @@ GPUs).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,10 +20,12 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from tlsearch import data as data_mod
 from tlsearch import features, models
+from tlsearch.augment import Transform, augment_batch, train_transform
 from tlsearch.config import Hyper
 from tlsearch.errors import DataError
 from tlsearch.models import SourceWeights
 from tlsearch.spec import TrialSpec
+from tlsearch.stream import StreamBatches, StreamOrder, StreamSource
 from tlsearch.train import _device_of
 
 
@@ -35,9 +37,14 @@ class Payload:
     labels: torch.Tensor  # int64 N
     pool: np.ndarray  # indices trials draw their training subsets from
     val: np.ndarray  # validation indices, the same for every trial
-    source: SourceWeights | None
+    source: Mapping[str, SourceWeights] | None  # pretrained weights by model; None: a scratch-only search
     split_seed: int
     test: np.ndarray | None = None  # held-out test indices: never seen by the search, only by confirm and export
+    stream: StreamSource | None = None  # set: images stay where they are (``images`` is empty), Ray Data streams them
+
+    def source_for(self, model: str) -> SourceWeights | None:
+        """The pretrained weights of ``model`` (None when the search has none for it)."""
+        return (self.source or {}).get(model)
 
 
 def subset(payload: Payload, hp: Hyper) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,20 +104,34 @@ class ShardBatches(Sampler[list[int]]):
             yield self.last[start : start + self.batch_size]
 
 
+class AugmentedTensors(TensorDataset):
+    """Images and labels whose indexed batches come out augmented, each image on its own (training only)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Transform) -> None:
+        super().__init__(images, labels)
+        self.transform = transform
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, ...]:
+        images, labels = super().__getitem__(index)
+        return augment_batch(images, self.transform), labels
+
+
 def loaders(
     train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], spec: TrialSpec,
     test: tuple[torch.Tensor, torch.Tensor] | None = None, *, rank: int = 0, world: int = 1,
-    pin_memory: bool = False,
+    pin_memory: bool = False, augment: Transform | None = None,
 ) -> tuple[DataLoader, DataLoader, DataLoader | None]:
     """This worker's loaders over in-memory tensors (images or cached features): nothing is decoded per epoch.
 
     Each batch is one indexing of the tensors (no per-item collation); ``pin_memory`` (on GPUs) lets the copy to
-    the device overlap the step before.
+    the device overlap the step before. ``augment`` transforms the training images of every batch (never the
+    validation or test images).
     """
 
     def loader(tensors: tuple[torch.Tensor, torch.Tensor], batch_size: int, shuffle: bool) -> DataLoader:
         batches = ShardBatches(len(tensors[1]), batch_size, rank=rank, world=world, shuffle=shuffle, seed=spec.seed)
-        return DataLoader(TensorDataset(*tensors), sampler=batches, batch_size=None, pin_memory=pin_memory)
+        held = AugmentedTensors(*tensors, augment) if shuffle and augment else TensorDataset(*tensors)
+        return DataLoader(held, sampler=batches, batch_size=None, pin_memory=pin_memory)
 
     test_loader = loader(test, spec.eval_batch_size, False) if test is not None else None
     return loader(train, spec.batch_size, True), loader(val, spec.eval_batch_size, False), test_loader
@@ -119,11 +140,12 @@ def loaders(
 class DeviceBatches:
     """A loader's batches on ``device``, copied without blocking (from pinned memory when the loader pins)."""
 
-    def __init__(self, loader: DataLoader, device: torch.device) -> None:
-        if not isinstance(loader.sampler, ShardBatches):
-            raise TypeError(f"DeviceBatches needs a loader built by train.loaders, got {type(loader.sampler)}")
+    def __init__(self, loader: DataLoader | StreamBatches, device: torch.device) -> None:
+        if not isinstance(loader.sampler, ShardBatches | StreamOrder):
+            raise TypeError(f"DeviceBatches needs a loader built by inputs.loaders or stream.StreamBatches, got "
+                            f"{type(loader.sampler)}")
         self.loader, self.device = loader, device
-        self.sampler: ShardBatches = loader.sampler
+        self.sampler: ShardBatches | StreamOrder = loader.sampler
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -139,14 +161,21 @@ class TrialInputs:
 
     net: nn.Module
     normalize: Any
-    train: DataLoader
-    val: DataLoader
-    test: DataLoader | None
+    train: DataLoader | StreamBatches
+    val: DataLoader | StreamBatches
+    test: DataLoader | StreamBatches | None
     train_size: int
     flops_per_sample: float
     cache_status: str  # off | miss | hit
     passes: tuple[features.Pass, ...] = ()  # shared frozen-part passes its inputs come from
     shared_seconds: float = 0.0  # seconds this trial spent computing passes (charged to every user instead)
+    loading: str = "memory"  # memory | stream
+    augment: str = "none"  # the augmentation its training batches got (none on cached features)
+
+    @property
+    def facts(self) -> dict[str, str]:
+        """How its data came, as reported each epoch (``data_loading`` and ``augment`` in the trials table)."""
+        return {"data_loading": self.loading, "augment": self.augment}
 
     @property
     def shared_pass(self) -> dict[str, Any]:
@@ -160,8 +189,14 @@ def trial_inputs(
 ) -> TrialInputs:
     """The whole model on images; or, for a linear probe, its classifier on frozen features computed once.
 
-    ``model`` and ``normalize`` are on the training device; the loaders are worker ``rank``'s of ``world``.
+    ``model`` and ``normalize`` are on the training device; the loaders are worker ``rank``'s of ``world``. A
+    streamed payload trains the whole model on this worker's Ray Data shard (:func:`tlsearch.stream.trial_inputs`).
     """
+    if payload.stream is not None:
+        from tlsearch import stream
+
+        return stream.trial_inputs(model, hp, spec, payload, normalize, with_test, rank=rank, world=world,
+                                   pin_memory=pin_memory)
     train_idx, val_idx = subset(payload, hp)
     test_idx = torch.from_numpy(payload.test) if with_test and payload.test is not None else None
     labels = payload.labels
@@ -172,8 +207,9 @@ def trial_inputs(
         flops, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
         sets = [(payload.images[i], labels[i]) if i is not None else None for i in (train_idx, val_idx, test_idx)]
         train, val, test = loaders(sets[0], sets[1], spec, sets[2],  # type: ignore[arg-type]
-                                   rank=rank, world=world, pin_memory=pin_memory)
-        return TrialInputs(model, normalize, train, val, test, len(train_idx), flops, "off")
+                                   rank=rank, world=world, pin_memory=pin_memory,
+                                   augment=train_transform(spec.augment, spec.input_spec))
+        return TrialInputs(model, normalize, train, val, test, len(train_idx), flops, "off", augment=spec.augment)
     classifier: nn.Module = model.get_classifier()  # type: ignore[operator]
     test_set = (cached.test, labels[test_idx]) if cached.test is not None and test_idx is not None else None
     train, val, test = loaders((cached.train, labels[train_idx]), (cached.val, labels[val_idx]), spec, test_set,
@@ -201,10 +237,11 @@ def _classifier_features(
     if not features.matches(model, probe):
         return None
     flops = features.forward_flops_per_image(model, probe[:2])
-    keys = [("train", hp.freeze_depth, hp.data_fraction, payload.split_seed), ("val", hp.freeze_depth)]
+    keys = [("train", hp.model, hp.freeze_depth, hp.data_fraction, payload.split_seed),
+            ("val", hp.model, hp.freeze_depth)]
     sets = [train_idx, val_idx]
     if test_idx is not None:
-        keys.append(("test", hp.freeze_depth))
+        keys.append(("test", hp.model, hp.freeze_depth))
         sets.append(test_idx)
     got = [features.cached(cache, key, model, payload.images[i], normalize, flops, devices)
            for key, i in zip(keys, sets, strict=True)]

@@ -75,6 +75,17 @@ def create(name: str, num_classes: int, in_chans: int = 3) -> nn.Module:
         raise ModelError(f"cannot build {name!r}: {exc}") from None
 
 
+def probe(name: str) -> nn.Module:
+    """``name`` with no weights, on the meta device (no memory, no initialisation): for its parameter groups and
+    data config before Ray starts. A model whose construction needs real tensors is built on the CPU instead."""
+    check_model_name(name)
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, num_classes=2)
+    except (RuntimeError, ValueError, TypeError):
+        return create(name, num_classes=2)
+
+
 def hub_model(name: str) -> nn.Module:
     """timm's pretrained ``name`` (its classifier fresh, one class), from the Hugging Face hub or its local cache.
 

@@ -82,6 +82,8 @@ TRIALS = pa.schema([
     pa.field("trainable_params", pa.int64()),
     pa.field("flops_per_sample", pa.float64()),
     pa.field("feature_cache", pa.string()),  # off | miss (computed the features) | hit (reused them)
+    pa.field("data_loading", pa.string()),  # memory (decoded once, object store) | stream (Ray Data)
+    pa.field("augment", pa.string()),  # none | light | strong (training images only)
     pa.field("epochs", pa.int32()),
     pa.field("best_val_acc", pa.float64()),
     pa.field("best_epoch", pa.int32()),

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,14 @@ class TrialSpec:
     precision: str = "auto"  # see Precision.resolve
     feature_cache: bool = True
     evaluate_test: bool = False  # only `tlsearch confirm` evaluates the test set every epoch; a search never does
+    augment: str = "none"  # training-time augmentation level (tlsearch.augment), never validation or test
+    input_specs: tuple[tuple[str, InputSpec], ...] = ()  # every searched model's own (normalisation may differ)
+
+    def for_model(self, model: str) -> TrialSpec:
+        """This spec for ``model`` (a trial's choice among the searched models); "" keeps the spec's own."""
+        if not model or model == self.model:
+            return self
+        specs = dict(self.input_specs)
+        if model not in specs:
+            raise ValueError(f"model {model!r} is not one of this search's models: {', '.join(specs)}")
+        return replace(self, model=model, input_spec=specs[model])

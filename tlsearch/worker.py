@@ -62,6 +62,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if "seed" in config["hp"]:  # a confirmation run repeats a configuration with its own seed
         spec = replace(spec, seed=int(config["hp"]["seed"]))
     hp = Hyper.from_config(config["hp"])
+    spec = spec.for_model(hp.model)  # the trial's model among the searched ones: its input spec
     # Start-up is counted from the trial's start (its Tune function), or, for a worker restarted from a
     # checkpoint, from this process's start.
     since = float(config.get("started_at") or time.time())
@@ -73,7 +74,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     device = ray.train.torch.get_device()
     precision = Precision.resolve(spec.precision, device)
-    model, plan = build_model(spec, hp, payload.source)
+    model, plan = build_model(spec, hp, payload.source_for(spec.model))
     channels_last = place(model, device)
     inputs = trial_inputs(model, hp, spec, payload, normalizer(spec.input_spec, device, channels_last),
                           config.get("feature_cache"), with_test=spec.evaluate_test, rank=rank, world=world,
@@ -103,7 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "train_size": inputs.train_size, "num_groups": plan.num_groups, "flops_per_sample": inputs.flops_per_sample,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "node_id": ray.get_runtime_context().get_node_id(), "feature_cache": inputs.cache_status,
-        **inputs.shared_pass,
+        **inputs.shared_pass, **inputs.facts,
     }
     devices = world * spec.devices_per_worker
     # This process's start-up: from the trial's start to here, less the shared passes it ran for other trials.

@@ -66,6 +66,7 @@ def summary_json(report: Report) -> dict[str, Any]:
             for r in report.confirmed
         ],
         "best_trial": report.best,
+        "models": asdict(report.models) if report.models else None,  # several models searched: which won
         "compute_to_target_unconfirmed": [
             {**asdict(r), "ratio": r.compute_ratio, "flops_ratio": r.flops_ratio, "basis": UNCONFIRMED}
             for r in report.to_target

@@ -13,13 +13,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 
 from tlsearch import results
 from tlsearch.errors import TLSearchError
 from tlsearch.report import stats
+
+if TYPE_CHECKING:
+    from tlsearch.report.choice import ModelChoice
 
 ARMS = ("pretrained", "scratch")
 TOP_CURVES = 5
@@ -124,7 +127,8 @@ def first_hits(rows: Iterable[Mapping[str, Any]], target: float) -> list[Mapping
     return list(hits.values())
 
 
-def _best_hit(rows: Iterable[Mapping[str, Any]]) -> Hit:
+def cheapest_hit(rows: Iterable[Mapping[str, Any]]) -> Hit:
+    """The cheapest of these first hits of the target (an empty Hit when there is none)."""
     rows = [r for r in rows if r["device_s"] is not None]
     if not rows:
         return Hit()
@@ -149,7 +153,7 @@ def compute_to_target(exp: Experiment, target_acc: float | None = None) -> list[
             continue
         rows = [r for r in exp.epochs if r["data_fraction"] == fraction]
         hits = first_hits(rows, target)
-        cell = {arm: _best_hit(h for h in hits if h["init"] == arm) for arm in ARMS}
+        cell = {arm: cheapest_hit(h for h in hits if h["init"] == arm) for arm in ARMS}
         out.append(TargetRow(fraction, target, cell["pretrained"], cell["scratch"]))
     return out
 
@@ -178,6 +182,7 @@ class Point:
     compute_s: float  # device-s paid up to the first epoch reaching the trial's best val_acc
     val_acc: float
     epoch: int
+    model: str = ""
 
 
 def trial_points(exp: Experiment) -> list[Point]:
@@ -187,7 +192,8 @@ def trial_points(exp: Experiment) -> list[Point]:
         if curve:
             best = max(r["val_acc"] for r in curve)
             first = next(r for r in curve if r["val_acc"] == best)
-            points.append(Point(trial["trial_id"], trial["init"], paid(first), best, first["epoch"]))
+            points.append(Point(trial["trial_id"], trial["init"], paid(first), best, first["epoch"],
+                                str(trial.get("model") or "")))
     return points
 
 
@@ -413,13 +419,21 @@ class Report:
     top: list[dict[str, Any]]
     costs: Costs
     confirmed: list[ConfirmedFraction]
+    models: ModelChoice | None = None  # the searched models compared (None with one model)
 
     @property
     def unconfirmed(self) -> bool:
         return not self.confirmed
 
+    @property
+    def freeze_column(self) -> str:
+        """What ``by_freeze`` groups by: the depth, or with several models the share (a depth differs by model)."""
+        return "freeze_depth" if self.models is None else "freeze_share"
+
 
 def build_report(exp: Experiment, target_acc: float | None = None) -> Report:
+    from tlsearch.report.choice import model_choice  # choice builds on this module's pieces
+
     if target_acc is not None and not 0 < target_acc <= 1:
         raise ReportError(
             f"--target-acc is a val_acc fraction in (0, 1], got {target_acc:g}"
@@ -428,9 +442,14 @@ def build_report(exp: Experiment, target_acc: float | None = None) -> Report:
     if not any(r["val_acc"] is not None for r in exp.epochs):
         raise ReportError(f"experiment {exp.name} has no epoch with a val_acc; nothing to report")
     points = trial_points(exp)
+    to_target = compute_to_target(exp, target_acc)
+    models = model_choice(exp, to_target)
     return Report(
         exp=exp, target_acc=target_acc, best=results.best_trial(exp.trials),
-        to_target=compute_to_target(exp, target_acc), by_freeze=accuracy_by(exp, "freeze_depth"),
+        to_target=to_target, by_freeze=accuracy_by(exp, "freeze_depth" if models is None else "freeze_share"),
         by_fraction=accuracy_by(exp, "data_fraction"), points=points, front=pareto_front(points),
         savings=asha_savings(exp), top=top_trials(exp), costs=costs(exp), confirmed=confirmed(exp, target_acc),
+        models=models,
     )
+
+

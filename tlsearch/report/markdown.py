@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -36,7 +36,7 @@ def summary(trials: pa.Table) -> list[str]:
     test = f", test_acc {best['test_acc']:.4f}" if best.get("test_acc") is not None else ""
     lines.append(
         f"best: trial {best['trial_id']} val_acc {best['best_val_acc']:.4f}{test} at epoch {best['best_epoch']} "
-        f"({best['init']}, freeze_depth {best['freeze_depth']}, head_lr {best['head_lr']:.2e}, "
+        f"({model_of(best)}{best['init']}, freeze_depth {best['freeze_depth']}, head_lr {best['head_lr']:.2e}, "
         f"backbone_lr {best['backbone_lr']:.2e}, data_fraction {best['data_fraction']:g}; "
         f"{num(best['device_s'], '.1f')} device-s, {num(best['train_flops'])} train FLOPs)"
     )
@@ -72,12 +72,17 @@ def ratio_text(ratio: float | None, pretrained: Hit, scratch: Hit) -> str:
     return "scratch not reached" if scratch.compute_s is None else "pretrained not reached"
 
 
+def model_of(row: Mapping[str, Any]) -> str:
+    """``"resnet10t, "`` for a row that records its model (tables written before models were searched do not)."""
+    return f"{row['model']}, " if row.get("model") else ""
+
+
 def best_text(best: dict[str, Any] | None) -> str:
     if best is None:
         return "no trial reported a val_acc"
     test = f", test_acc {pct(best['test_acc'])}" if best.get("test_acc") is not None else ""
     return (
-        f"trial {best['trial_id']}: {best['init']}, freeze_depth {best['freeze_depth']}, head_lr "
+        f"trial {best['trial_id']}: {model_of(best)}{best['init']}, freeze_depth {best['freeze_depth']}, head_lr "
         f"{num(best['head_lr'])}, backbone_lr {num(best['backbone_lr'])}, data_fraction "
         f"{num(best['data_fraction'])} -> val_acc {pct(best['best_val_acc'])}{test} at epoch {best['best_epoch']}; "
         f"it spent {num(best['device_s'], '.1f')} device-s of training, {num(best['train_flops'])} train FLOPs"
@@ -169,6 +174,7 @@ def markdown(report: Report, plots: dict[str, str]) -> str:
     ]
     out += _confirmed_section(report, plots)
     out += _target_section(report, plots)
+    out += _models_section(report, plots)
     out += _accuracy_section(report, plots)
     out += _pareto_section(report, plots)
     out += ["## Costs", "", *(f"- {line.strip()}" for line in cost_lines(report)), "",
@@ -245,15 +251,43 @@ def _target_section(report: Report, plots: dict[str, str]) -> list[str]:
             *_image(plots, "compute_to_target", "compute to reach the target")]
 
 
+def _models_section(report: Report, plots: dict[str, str]) -> list[str]:
+    choice = report.models
+    if choice is None:
+        return []
+    bests = [(b.model, b.init, b.trials, pct(b.best_val_acc), pct(b.test_acc), num(b.freeze_share, ".2f"),
+              num(b.freeze_depth), b.trial_id or "--") for b in choice.bests]
+    models = sorted({b.model for b in choice.bests})
+    winners = []
+    for w in choice.winners:
+        won = w.winner or {}
+        winners.append((f"{w.data_fraction:g}", f"{won['model']} ({won['init']})" if won else "--",
+                        pct(won.get("best_val_acc")), pct(won.get("test_acc")), pct(w.target),
+                        *(hit_text(w.to_target[m]) if m in w.to_target else "--" for m in models)))
+    return ["## Which model", "",
+            *_table(("model", "init", "trials", "best val_acc", "its test_acc", "freeze share", "freeze depth",
+                     "trial"), bests), "",
+            *_table(("data_fraction", "won by", "val_acc", "test_acc", "target", *(f"{m} to target" for m in
+                                                                                  models)), winners), "",
+            "How: each model's best trial per arm and each data fraction's winner are chosen on validation "
+            "(`best_trial`); the test accuracy is that choice's checkpoint scored once after the search (-- where "
+            "no checkpoint was scored). Compute to target: the cheapest pretrained trial of the model to first "
+            f"reach the fraction's target, {UNCONFIRMED}. A freeze share s freezes round(s x (groups - 1)) of a "
+            "model's parameter groups.", "",
+            *_image(plots, "pareto", "accuracy against compute by model")]
+
+
 def _accuracy_section(report: Report, plots: dict[str, str]) -> list[str]:
-    out = ["## Accuracy against freeze depth and data fraction", ""]
-    for title, rows, column in (("freeze_depth", report.by_freeze, "freeze depth"),
+    freeze = report.freeze_column.replace("_", " ")
+    out = [f"## Accuracy against {freeze} and data fraction", ""]
+    for title, rows, column in ((report.freeze_column, report.by_freeze, freeze),
                                 ("data_fraction", report.by_fraction, "data fraction")):
         out += _table(("init", column, "best val_acc", "trials"),
                       ((g.init, f"{g.key:g}", pct(g.best_val_acc), g.trials) for g in rows))
         out += ["", *_image(plots, f"accuracy_vs_{title}", f"accuracy against {column}")]
     return [*out, "How: the highest `best_val_acc` over the trials of each (init, value) group. Freeze depth 0 "
-            "trains every parameter group; depth d freezes the first d groups.", ""]
+            "trains every parameter group; depth d freezes the first d groups; a freeze share s (several "
+            "models) freezes round(s x (groups - 1)) of each model's groups.", ""]
 
 
 def _pareto_section(report: Report, plots: dict[str, str]) -> list[str]:

@@ -10,6 +10,8 @@ from tlsearch.report.analysis import ARMS, GroupBest, Report
 from tlsearch.report.markdown import num
 
 COLORS = {"pretrained": "tab:blue", "scratch": "tab:orange"}
+FREEZE_LABELS = {"freeze_depth": "freeze depth (frozen leading parameter groups)",
+                 "freeze_share": "freeze share (frozen share of each model's parameter groups)"}
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> Any:
@@ -118,13 +120,18 @@ def plot_accuracy(groups: list[GroupBest], report: Report, column: str, label: s
 
 
 def plot_pareto(report: Report, path: Path) -> None:
+    """One point per trial; with several models, coloured by model (circles: pretrained, triangles: scratch)."""
     fig = _figure()
     ax = fig.subplots()
-    for arm in ARMS:
-        pts = [p for p in report.points if p.init == arm]
-        ax.scatter(
-            [p.compute_s for p in pts], [p.val_acc * 100 for p in pts], color=COLORS[arm], label=arm, s=22
-        )
+    by_model = report.models is not None
+    colors = ({m: f"C{i}" for i, m in enumerate(sorted({p.model for p in report.points}))} if by_model
+              else COLORS)
+    for key, color in colors.items():
+        for arm, marker in zip(ARMS, ("o", "^"), strict=True):
+            pts = [p for p in report.points if p.init == arm and (p.model if by_model else p.init) == key]
+            if pts:
+                ax.scatter([p.compute_s for p in pts], [p.val_acc * 100 for p in pts], color=color, s=22,
+                           marker=marker if by_model else "o", label=f"{key} ({arm})" if by_model else arm)
     front = report.front
     if front:
         ax.step(
@@ -139,7 +146,7 @@ def plot_pareto(report: Report, path: Path) -> None:
         ax.set_xscale("log")
     ax.set_xlabel("device-seconds to the trial's best epoch (cumulative)")
     ax.set_ylabel("best validation accuracy (%)")
-    ax.set_title("Accuracy against compute, one point per trial")
+    ax.set_title("Accuracy against compute, one point per trial" + (", by model" if by_model else ""))
     ax.legend()
     _save(fig, path)
 
@@ -196,8 +203,8 @@ def write_plots(report: Report, folder: str) -> dict[str, str]:
     """Write the PNGs into ``folder`` (a path or URI, atomically); returns name -> file name for report.md."""
     jobs = {
         "compute_to_target": lambda p: plot_compute_to_target(report, p),
-        "accuracy_vs_freeze_depth": lambda p: plot_accuracy(
-            report.by_freeze, report, "freeze_depth", "freeze depth (frozen leading parameter groups)", p
+        f"accuracy_vs_{report.freeze_column}": lambda p: plot_accuracy(
+            report.by_freeze, report, report.freeze_column, FREEZE_LABELS[report.freeze_column], p
         ),
         "accuracy_vs_data_fraction": lambda p: plot_accuracy(
             report.by_fraction,

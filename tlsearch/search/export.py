@@ -43,9 +43,10 @@ def export_best(plan: Plan, trial_rows: list[dict[str, Any]]) -> str | None:
         return None
     epoch, folder = found
     target = storage.copy_file(storage.join(folder, "model.safetensors"), storage.join(plan.folder, "best.safetensors"))
-    spec = plan.input_spec
+    model = str(best.get("model") or next(iter(plan.input_specs)))
+    spec = plan.input_specs[model]
     sidecar = {
-        "model": plan.config.model, "num_classes": plan.num_classes, "dataset": plan.config.dataset,
+        "model": model, "num_classes": plan.num_classes, "dataset": plan.config.dataset,
         "classes": list(plan.classes),
         "input": {"in_chans": spec.in_chans, "size": spec.size, "mean": list(spec.mean), "std": list(spec.std)},
         "val_acc": best["best_val_acc"] if epoch == best["best_epoch"] else None, "epoch": epoch,

@@ -125,13 +125,15 @@ def quiet_ray(folder: str, verbose: int) -> Iterator[str | None]:
     if verbose > 0 or not storage.is_local(folder):
         yield None
         return
+    import optuna  # noqa: F401 - set up Optuna's own handler now, so that it is the one replaced below
     import ray._private.worker as ray_worker
 
     log_path = Path(storage.normalize(folder)) / "logs" / "ray.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    loggers = [logging.getLogger(name) for name in ("ray", "ray.tune", "ray.train", "ray.data")]
+    # optuna: "A new study created in memory" and the like
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.tune", "ray.train", "ray.data", "optuna")]
     saved = [(lg, list(lg.handlers), lg.propagate) for lg in loggers]
     original_print = ray_worker.print_to_stdstream
     # Tune's newer console engine prints its header even when silent; its legacy one at verbose 0 prints nothing.

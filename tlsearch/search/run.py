@@ -44,9 +44,9 @@ def run_search(
     plan = prepare(config)
     cfg = plan.config
     resuming = not restart and resume.can_resume(cfg, plan.ray_storage)
-    echo(f"tlsearch: {'resuming' if resuming else 'search'} {plan.name!r}: {cfg.model} on {cfg.dataset} "
-         f"({len(plan.pool)} training images in the pool, {len(plan.val)} validation, {len(plan.test)} test), "
-         f"{plan.num_groups} parameter groups, {cfg.trials} trials")
+    echo(f"tlsearch: {'resuming' if resuming else 'search'} {plan.name!r}: {plan.describe_models()} on "
+         f"{cfg.dataset} ({len(plan.pool)} training images in the pool, {len(plan.val)} validation, "
+         f"{len(plan.test)} test), {cfg.trials} trials")
     if restart:
         resume.discard(plan.folder, echo)
     started = time.perf_counter()
@@ -82,7 +82,7 @@ def make_tuner(plan: Plan, resources: Resources, resuming: bool, verbose: int) -
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=plan.trial_spec(resources), payload=[ray.put(plan.payload())],
                              resources=resources, storage=plan.ray_storage, deadline_s=cfg.trial_timeout_s,
-                             feature_cache=feature_cache),
+                             feature_cache=feature_cache, streamed=plan.stream is not None),
         {"CPU": DRIVER_CPU},
     )
     if resuming:
@@ -94,7 +94,7 @@ def make_tuner(plan: Plan, resources: Resources, resuming: bool, verbose: int) -
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=cfg.trials, max_concurrent_trials=resources.concurrency,
             search_alg=PruningOptunaSearch(
-                space=DefineByRun(cfg.space), metric=METRIC, mode=MODE, max_epochs=cfg.max_epochs,
+                space=DefineByRun(cfg.space, plan.groups), metric=METRIC, mode=MODE, max_epochs=cfg.max_epochs,
                 sampler=optuna.samplers.TPESampler(seed=cfg.seed),
             ),
             scheduler=ResumableASHA(

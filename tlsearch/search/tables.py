@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from tlsearch.search.prepare import Plan
 from tlsearch.search.session import Resources
 
 PER_EPOCH = (*results.METRICS, *results.COSTS, "startup_s", "node_id")
-PER_TRIAL = ("num_groups", "train_size", "trainable_params", "flops_per_sample", "feature_cache")
+PER_TRIAL = ("num_groups", "train_size", "trainable_params", "flops_per_sample", "feature_cache", "data_loading",
+             "augment")
 
 
 def build_tables(
@@ -57,13 +58,13 @@ def build_tables(
 def experiment_row(plan: Plan, resources: Resources, trial_rows: list[dict], wall_s: float) -> dict[str, Any]:
     cfg = plan.config
     best = results.best_trial(trial_rows)
-    source = plan.source
-    sidecar = models.read_sidecar(cfg.weights) if cfg.weights else {}
+    sidecars = [models.read_sidecar(path) for path in cfg.weights_by_model().values()]
     return {
         "experiment": plan.name,
         "created_at": dt.datetime.now(dt.UTC).replace(microsecond=0),
         "model": cfg.model, "dataset": cfg.dataset,
-        "weights": cfg.weights or (source.origin if source else None),
+        "weights": ",".join(f"{m}={s.origin}" if len(plan.sources) > 1 else s.origin
+                            for m, s in plan.sources.items()) or None,
         "search_space": json.dumps(cfg.space.to_dict()), "config": json.dumps(cfg.to_dict(), default=str),
         "seed": cfg.seed, "trials": cfg.trials, "max_epochs": cfg.max_epochs, "grace_period": cfg.grace_period,
         "reduction_factor": cfg.reduction_factor, "num_groups": plan.num_groups,
@@ -71,9 +72,16 @@ def experiment_row(plan: Plan, resources: Resources, trial_rows: list[dict], wal
         "wall_s": wall_s, "best_trial_id": best["trial_id"] if best else None,
         "best_val_acc": best["best_val_acc"] if best else None, "best_test_acc": best.get("test_acc") if best else None,
         "test_size": len(plan.test),
-        "source_device_s": sidecar.get("device_s"), "source_train_images": sidecar.get("train_images"),
+        "source_device_s": _known_sum(s.get("device_s") for s in sidecars),  # every source model's pretraining
+        "source_train_images": _known_sum(s.get("train_images") for s in sidecars),
         **versions(),
     }
+
+
+def _known_sum(values: Iterable[Any]) -> Any:
+    """The sum of the values known; None when none is."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def trial_id_of(result: Any) -> str:

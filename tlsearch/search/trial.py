@@ -3,10 +3,16 @@
 The Train run is named after the Tune trial, so a restored search finds each trial's run and checkpoints again
 (deterministic names are how Train V2 restores). Workers report an explicit ``epoch`` (Train V2 reports no
 ``training_iteration``), which ASHA uses as its time attribute.
+
+Start-up: this module imports neither torch nor timm (only Ray Train's TorchTrainer does, when the trial runs),
+so unpickling the trainable is cheap. The Train controller polls its workers every :data:`POLL_S` (Ray's default
+is 2 s), so a trial's reports reach ASHA, and its end reaches Tune, sooner. A trial's start-up is counted from the
+start of the process that runs its Tune function (Tune starts one per trial).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -15,6 +21,27 @@ from tlsearch.spec import TrialSpec
 
 METRIC, MODE = "val_acc", "max"
 WORKER_RETRIES = 1  # a Train worker that dies is restarted once, from the last checkpoint
+POLL_S = 0.5  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S unless the user set it; passed on to each Train controller
+_first_trial = True  # of this process
+
+
+def _process_started_at() -> float:
+    """When this process started (Linux: /proc), else now."""
+    try:
+        with open("/proc/self/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+def trial_started_at() -> float:
+    """The start of this trial: now, or, for the first trial a fresh process runs, the process's start."""
+    global _first_trial
+    started, _first_trial = (_process_started_at() if _first_trial else time.time()), False
+    return started
 
 
 def run_name(trial_id: str) -> str:
@@ -24,7 +51,7 @@ def run_name(trial_id: str) -> str:
 
 def run_trial(
     config: dict[str, Any], *, spec: TrialSpec, payload: list[Any], resources: Resources, storage: str,
-    deadline_s: float | None, feature_cache: Any = None,
+    deadline_s: float | None, feature_cache: Any = None, streamed: bool = False,
 ) -> None:
     """The Tune function trainable: one Ray Train run per trial, named after the trial so a restore finds it."""
     import ray.train
@@ -35,12 +62,22 @@ def run_trial(
     from tlsearch.stopping import fit_with_deadline
     from tlsearch.worker import process_group_backend, train_loop_per_worker
 
+    started_at = trial_started_at()
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(POLL_S))  # Train passes it to its controller
+    datasets = None
+    if streamed:  # Ray Data streams the trial's training subset to its workers
+        import ray
+
+        from tlsearch.stream import trial_datasets
+
+        datasets = trial_datasets(ray.get(payload[0]), config, spec)
     backend = process_group_backend(resources.num_workers, resources.use_gpu, resources.gpus_per_worker)
     trainer = TorchTrainer(
         train_loop_per_worker,
         torch_config=TorchConfig(backend=backend),
+        datasets=datasets,
         train_loop_config={"spec": spec, "hp": config, "payload": payload, "feature_cache": feature_cache,
-                           "started_at": time.time()},
+                           "started_at": started_at},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=resources.use_gpu,
             resources_per_worker=resources.worker_resources(),
