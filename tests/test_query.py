@@ -108,8 +108,8 @@ def test_queries_cannot_touch_files(rdir: Path, tmp_path: Path) -> None:
 
 def test_default_columns_fit_a_terminal_and_all_shows_every_one(rdir: Path) -> None:
     default = run_sql(rdir, build_sql("trials"))
-    assert default.column_names == ["trial_id", "status", "init", "freeze_depth", "head_lr", "backbone_lr",
-                                    "data_fraction", "epochs", "best_val_acc", "test_acc", "device_s"]
+    assert default.column_names == ["trial_id", "status", "init", "model", "freeze_depth", "head_lr", "backbone_lr",
+                                    "data_fraction", "best_val_acc", "test_acc", "device_s"]
     assert run_sql(rdir, build_sql("trials", columns="all")).column_names == results.TRIALS.names
     for table in results.TABLES:
         assert len(run_sql(rdir, build_sql(table)).column_names) <= 11

@@ -24,13 +24,13 @@ from tlsearch.errors import TLSearchError
 FORMATS = ("table", "csv", "json", "parquet")
 # What fits a terminal: the columns that matter per table (``--columns all`` shows every one).
 DEFAULT_COLUMNS = {
-    "trials": ("trial_id", "status", "init", "freeze_depth", "head_lr", "backbone_lr", "data_fraction", "epochs",
+    "trials": ("trial_id", "status", "init", "model", "freeze_depth", "head_lr", "backbone_lr", "data_fraction",
                "best_val_acc", "test_acc", "device_s"),
     "epochs": ("trial_id", "init", "freeze_depth", "data_fraction", "epoch", "val_acc", "val_loss", "train_loss",
                "device_s", "train_flops"),
     "experiments": ("experiment", "created_at", "model", "dataset", "trials", "max_epochs", "best_trial_id",
                     "best_val_acc", "best_test_acc", "wall_s"),
-    "confirm": ("run_id", "init", "data_fraction", "repeat", "seed", "epoch", "val_acc", "test_acc", "device_s",
+    "confirm": ("run_id", "init", "model", "data_fraction", "repeat", "seed", "epoch", "val_acc", "test_acc", "device_s",
                 "startup_s"),
 }
 

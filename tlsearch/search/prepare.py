@@ -120,7 +120,10 @@ def prepare(config: SearchConfig) -> Plan:
     defaults = {model: models.input_spec(probe, config.image_size) for model, probe in probes.items()}
     sources = {model: models.resolve_source(model, path, defaults[model], config.image_size)
                for model, path in weights.items()}
-    dataset = loading.load_target(config.dataset, config.data_dir, config.data_loading, defaults[names[0]])
+    # memory or stream is decided on the largest input any model takes (weights' sidecars may change it)
+    known = [sources[model].input_spec if model in sources else defaults[model] for model in names]
+    largest = max(known, key=lambda s: s.in_chans * s.size * s.size)
+    dataset = loading.load_target(config.dataset, config.data_dir, config.data_loading, largest)
     for path in weights.values():
         data_mod.check_unseen(config.dataset, dataset.classes, models.read_sidecar(path), path)
     splits = data_mod.split_rows(dataset.labels, dataset.split, config.val_size, config.test_size, config.seed)
