@@ -85,13 +85,13 @@ def run_peer(args: argparse.Namespace, results_dir: str) -> Entry:
     plan = prepare(config)
     payload = plan.payload()
     spec = plan.trial_spec(Resources(1, False, float(args.peer_threads), 0.0, args.peer_threads, 1))
-    define = DefineByRun(plan.config.space)
+    define = DefineByRun(plan.config.space, plan.groups)
     best: dict[str, Any] = {"val": -1.0, "state": None, "hp": None}
 
     def objective(trial: optuna.Trial) -> float:
         hp = Hyper.from_config({**define(trial), **trial.params})
         torch.manual_seed(spec.seed)
-        model, freeze = train.build_model(spec, hp, payload.source)
+        model, freeze = train.build_model(spec, hp, payload.source_for(spec.model))
         normalize = train.normalizer(spec.input_spec, torch.device("cpu"))
         got = inputs.trial_inputs(model, hp, spec, payload, normalize, None)
         optimizer, scheduler = train.make_optimizer(model, freeze, hp, spec.weight_decay,
@@ -114,7 +114,7 @@ def run_peer(args: argparse.Namespace, results_dir: str) -> Entry:
                                               reduction_factor=args.reduction_factor),
     )
     study.optimize(objective, n_trials=args.trials)
-    test_acc = score_on_test(plan, spec, best["hp"], best["state"], payload.source)
+    test_acc = score_on_test(plan, spec, best["hp"], best["state"], payload.source_for(spec.model))
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     return Entry(time.perf_counter() - started, best["val"], test_acc, len(study.trials), pruned)
 

@@ -87,6 +87,10 @@ def _bad_inputs(tmp_path: Path, image_folder: Path, weights: Path) -> dict[str, 
         "bad dataset before hub weights": (["--dataset", nowhere, "--init", "pretrained"], "neither a built-in"),
         "bad dataset before weights file": (["--dataset", nowhere, "--weights", str(tmp_path / "nope.pt")],
                                             "neither a built-in"),
+        "resources for another model": (["--model-resources", "resnet10t=2"],
+                                        "model_resources: got an entry for 'resnet10t', which is not a searched model"),
+        "resources not positive": (["--model-resources", "test_resnet=0"],
+                                   "model_resources.test_resnet.cpus_per_worker: must be > 0, got 0"),
     }
 
 
@@ -94,7 +98,8 @@ CASES = ["unknown model", "freeze depth", "fraction zero", "fraction above one",
          "trials", "grace", "name", "one class", "empty", "unreadable", "corrupt parquet", "other architecture",
          "missing weights offline", "missing weights file", "unreachable address", "address without port",
          "test size zero", "test size one", "too small for a test set", "source saw the target",
-         "bad dataset before hub weights", "bad dataset before weights file"]
+         "bad dataset before hub weights", "bad dataset before weights file", "resources for another model",
+         "resources not positive"]
 
 
 def _free_port() -> int:
@@ -136,6 +141,15 @@ def test_config_file_with_unknown_key(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["run", "--config", str(path)], catch_exceptions=False)
     assert result.exit_code == 2
     assert "unknown key(s) trails" in result.output
+
+
+def test_config_file_with_unknown_model_resources_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: test_resnet\nmodel_resources:\n  test_resnet: {cpus: 2}\n")
+    result = CliRunner().invoke(cli, ["run", "--config", str(path), "--results-dir", str(tmp_path / "r")],
+                                catch_exceptions=False)
+    assert result.exit_code == 2 and not (tmp_path / "r").exists()
+    assert "model_resources.test_resnet: unknown key(s) cpus; valid: cpus_per_worker, gpus_per_worker" in result.output
 
 
 def test_results_dir_not_writable(tmp_path: Path) -> None:

@@ -73,6 +73,9 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--gpus-per-worker", type=float,
                  help="GPUs each Train worker holds, with --gpu: a share of one (0.5: two trials share a GPU) or a "
                       "whole number (default 1)."),
+    click.option("--model-resources",
+                 help="Per-model CPUs and GPUs per worker, MODEL=CPUS:GPUS,... (e.g. vit_small_patch16_224=2:0.5; "
+                      "MODEL=CPUS or MODEL=:GPUS for one of them); other models take the two options above."),
     click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
                  help="Training precision: auto is bf16 mixed precision on GPUs that have it, fp16 on other GPUs, "
                       "fp32 on CPUs; bf16/fp16 need --gpu (default auto)."),

@@ -59,6 +59,53 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(frozen=True)
+class ModelResources:
+    """What each Train worker of one model's trials holds, where it differs from the search's defaults."""
+
+    cpus_per_worker: float | None = None  # None: the search's cpus_per_worker
+    gpus_per_worker: float | None = None  # None: the search's gpus_per_worker
+
+
+RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(ModelResources))
+_RESOURCES_HELP = "give {model: {cpus_per_worker: N, gpus_per_worker: N}} or MODEL=CPUS:GPUS,..."
+
+
+def parse_model_resources(raw: Any) -> tuple[tuple[str, ModelResources], ...]:
+    """Per-model worker resources from a config mapping ``{model: {cpus_per_worker, gpus_per_worker}}``, the flag
+    string ``MODEL=CPUS[:GPUS],...`` (``MODEL=:GPUS`` for GPUs only), or pairs already parsed."""
+    if isinstance(raw, str):
+        raw = [_resources_item(item) for item in raw.split(",") if item.strip()]
+    if isinstance(raw, Mapping):
+        raw = list(raw.items())
+    if not isinstance(raw, Sequence):
+        raise ConfigError(f"model_resources: got {raw!r}; {_RESOURCES_HELP}")
+    parsed: dict[str, ModelResources] = {}
+    for pair in raw:
+        name, value = pair if isinstance(pair, tuple | list) and len(pair) == 2 else (None, pair)
+        if not isinstance(name, str) or name in parsed:
+            raise ConfigError(f"model_resources: got {pair!r}; {_RESOURCES_HELP}, once per model")
+        if isinstance(value, Mapping):
+            keys = {str(k).replace("-", "_"): v for k, v in value.items()}
+            _reject_unknown(f"model_resources.{name}", keys, set(RESOURCE_KEYS))
+            value = ModelResources(**{k: None if v is None else _cast(f"model_resources.{name}.{k}", v, float)
+                                      for k, v in keys.items()})
+        if not isinstance(value, ModelResources):
+            raise ConfigError(f"model_resources.{name}: got {value!r}; {_RESOURCES_HELP}")
+        parsed[name] = value
+    return tuple(parsed.items())
+
+
+def _resources_item(item: str) -> tuple[str, dict[str, str]]:
+    """``MODEL=CPUS[:GPUS]`` -> (model, its keys)."""
+    name, sep, shape = (p.strip() for p in item.partition("="))
+    cpus, _, gpus = (p.strip() for p in shape.partition(":"))
+    if not sep or not name or not (cpus or gpus):
+        raise ConfigError(f"model_resources: got {item.strip()!r}; give MODEL=CPUS:GPUS per worker, e.g. "
+                          "vit_small_patch16_224=2:0.5 (or MODEL=CPUS, MODEL=:GPUS)")
+    return name, {key: value for key, value in zip(RESOURCE_KEYS, (cpus, gpus), strict=True) if value}
+
+
+@dataclass(frozen=True)
 class Param:
     """One search dimension: a fixed ``value``, a ``low``..``high`` range, or a list of ``choices``."""
 
@@ -299,6 +346,8 @@ class SearchConfig:
     data_loading: str = "auto"  # memory | stream | auto (by the decoded size)
     augment: str = "none"  # none | light | strong, training images only
     asha_groups: str = "init"  # ASHA ranks a trial only among trials of the same values of these dimensions
+    # per-model worker resources (a bigger model may need more per worker); others take the defaults above
+    model_resources: tuple[tuple[str, ModelResources], ...] = ()
     space: SpaceConfig = field(default_factory=SpaceConfig)
 
     def __post_init__(self) -> None:
@@ -327,8 +376,7 @@ class SearchConfig:
             )
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"image_size: must be >= 8 pixels, got {self.image_size}")
-        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
-            raise ConfigError(f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
+        _check_cpus("cpus_per_worker", self.cpus_per_worker)
         if self.max_concurrent is not None and self.max_concurrent <= 0:
             raise ConfigError(f"max_concurrent: must be > 0, got {self.max_concurrent}")
         if self.data_loading not in DATA_LOADINGS:
@@ -340,13 +388,7 @@ class SearchConfig:
         if self.precision in ("bf16", "fp16") and self.use_gpu is not True:
             raise ConfigError(f"precision: got {self.precision} without --gpu; mixed precision needs GPUs "
                               "(pass --gpu, or use auto or fp32)")
-        if self.gpus_per_worker <= 0:
-            raise ConfigError(f"gpus_per_worker: must be > 0, got {self.gpus_per_worker:g}")
-        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
-            raise ConfigError(f"gpus_per_worker: got {self.gpus_per_worker:g}; valid: a share of one GPU in (0, 1] "
-                              "(0.5: two workers share a GPU) or a whole number of GPUs")
-        if self.gpus_per_worker != 1 and self.use_gpu is not True:
-            raise ConfigError(f"gpus_per_worker: got {self.gpus_per_worker:g} without --gpu; pass --gpu too")
+        _check_gpus("gpus_per_worker", self.gpus_per_worker, self.use_gpu)
         if self.trial_timeout_s is not None and self.trial_timeout_s <= 0:
             raise ConfigError(f"trial_timeout_s: must be > 0 seconds, got {self.trial_timeout_s}")
         if not 0 < self.test_size < 1:
@@ -357,6 +399,22 @@ class SearchConfig:
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         self.weights_by_model()
+        self._check_model_resources()
+
+    def _check_model_resources(self) -> None:
+        object.__setattr__(self, "model_resources", parse_model_resources(self.model_resources))
+        models = self.space.models
+        for name, wanted in self.model_resources:
+            if name not in models:
+                raise ConfigError(f"model_resources: got an entry for {name!r}, which is not a searched model; "
+                                  f"valid: {', '.join(models)}")
+            _check_cpus(f"model_resources.{name}.cpus_per_worker", wanted.cpus_per_worker)
+            if wanted.gpus_per_worker is not None:
+                _check_gpus(f"model_resources.{name}.gpus_per_worker", wanted.gpus_per_worker, self.use_gpu)
+
+    def resources_for(self, model: str) -> ModelResources:
+        """``model``'s entry of ``model_resources`` (empty: the defaults)."""
+        return dict(self.model_resources).get(model, ModelResources())
 
     @property
     def model(self) -> str:
@@ -401,13 +459,30 @@ class SearchConfig:
             raw["weights"] = ",".join(f"{name}={path}" for name, path in raw["weights"].items())
         for key, value in raw.items():
             if value is not None:
-                kwargs[key] = _coerce(key, value, fields[key].type)
+                kwargs[key] = value if key == "model_resources" else _coerce(key, value, fields[key].type)
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "space"}
+        out["model_resources"] = {name: {k: v for k, v in dataclasses.asdict(r).items() if v is not None}
+                                  for name, r in self.model_resources} or None
         out["space"] = self.space.to_dict()
         return out
+
+
+def _check_cpus(key: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value:g}")
+
+
+def _check_gpus(key: str, value: float, use_gpu: bool | None) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value:g}")
+    if value > 1 and not float(value).is_integer():
+        raise ConfigError(f"{key}: got {value:g}; valid: a share of one GPU in (0, 1] "
+                          "(0.5: two workers share a GPU) or a whole number of GPUs")
+    if value != 1 and use_gpu is not True:
+        raise ConfigError(f"{key}: got {value:g} without --gpu; pass --gpu too")
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

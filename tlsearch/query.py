@@ -30,8 +30,8 @@ DEFAULT_COLUMNS = {
                "device_s", "train_flops"),
     "experiments": ("experiment", "created_at", "model", "dataset", "trials", "max_epochs", "best_trial_id",
                     "best_val_acc", "best_test_acc", "wall_s"),
-    "confirm": ("run_id", "init", "model", "data_fraction", "repeat", "seed", "epoch", "val_acc", "test_acc", "device_s",
-                "startup_s"),
+    "confirm": ("run_id", "init", "model", "data_fraction", "repeat", "seed", "epoch", "val_acc", "test_acc",
+                "device_s", "startup_s"),
 }
 
 

@@ -53,9 +53,8 @@ def run_search(
     with quiet_ray(plan.folder, verbose) as log_file:
         start_ray(cfg.address, log_to_driver=verbose > 1)
         resources = plan_resources(cfg, ray.cluster_resources())
-        echo(f"tlsearch: {resources.concurrency} trial(s) at once, each {resources.num_workers} worker(s) x "
-             f"{resources.cpus_per_worker:g} CPU" + (f" + {resources.gpus_per_worker:g} GPU" if resources.use_gpu
-                                                     else "") + (f"; Ray's logs: {log_file}" if log_file else ""))
+        echo(f"tlsearch: {resources.concurrency} trial(s) at once, each {resources.describe()}"
+             + (f"; Ray's logs: {log_file}" if log_file else ""))
         if not resuming:
             resume.remember(cfg, plan.ray_storage)
         grid = make_tuner(plan, resources, resuming, verbose).fit()

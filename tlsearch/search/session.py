@@ -1,8 +1,10 @@
 """Where it runs: the Ray session (a local Ray kept on 127.0.0.1, or a cluster) and what each trial holds.
 
-:func:`plan_resources` turns the cluster's resources into a trial's shape and the trial concurrency, counting
-everything a whole trial holds (its Tune function plus its Train workers) so that no trial waits forever for
-workers another trial's driver is holding.
+:func:`plan_resources` turns the cluster's resources into each model's trial shape and the trial concurrency,
+counting everything a whole trial holds (its Tune function plus its Train workers) so that no trial waits forever
+for workers another trial's driver is holding. Models may hold different resources per worker
+(``model_resources``); TPE picks each trial's model later, so the concurrency is planned from the largest shape:
+any mix of that many trials fits.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tlsearch.config import SearchConfig
 from tlsearch.errors import ConfigError, TLSearchError
@@ -25,7 +27,8 @@ STARTUP_CONCURRENCY = 8
 
 @dataclass(frozen=True)
 class Resources:
-    """What each trial asks for and how many trials run at once."""
+    """What each trial asks for and how many trials run at once; a model of ``per_model`` holds its own CPUs and
+    GPUs per worker (see :meth:`for_model`)."""
 
     num_workers: int
     use_gpu: bool
@@ -33,6 +36,22 @@ class Resources:
     gpus_per_worker: float
     threads: int
     concurrency: int
+    per_model: tuple[tuple[str, float, float], ...] = ()  # (model, CPUs, GPUs per worker) unlike the fields above
+
+    def for_model(self, model: str) -> Resources:
+        """The shape of a trial of ``model``: its own entry of ``per_model``, else this one."""
+        for name, cpus, gpus in self.per_model:
+            if name == model:
+                return replace(self, cpus_per_worker=cpus, gpus_per_worker=gpus, threads=_threads(cpus), per_model=())
+        return self
+
+    def describe(self) -> str:
+        """``1 worker(s) x 1 CPU + 1 GPU``, and each model's own shape."""
+        def shape(cpus: float, gpus: float) -> str:
+            return f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if self.use_gpu else "")
+
+        own = "".join(f"; {name}: {shape(cpus, gpus)}" for name, cpus, gpus in self.per_model)
+        return f"{self.num_workers} worker(s) x {shape(self.cpus_per_worker, self.gpus_per_worker)}{own}"
 
     @property
     def devices_per_worker(self) -> float:
@@ -48,27 +67,40 @@ class Resources:
 
 
 def plan_resources(config: SearchConfig, cluster: dict[str, float]) -> Resources:
-    """Concurrency from what a whole trial needs, so no trial waits forever for its workers."""
+    """Each model's trial shape, and the concurrency from the largest, so no trial waits forever for its workers."""
     gpus = cluster.get("GPU", 0.0)
     use_gpu = config.use_gpu if config.use_gpu is not None else gpus >= 1
-    trial_gpus = config.num_workers * config.gpus_per_worker
+    default = (config.cpus_per_worker or 1.0, config.gpus_per_worker)
+    shapes = {model: (wanted.cpus_per_worker or default[0], wanted.gpus_per_worker or default[1])
+              for model, wanted in ((m, config.resources_for(m)) for m in config.space.models)}
+    workers = config.num_workers
+    most_gpus = max(shapes, key=lambda m: shapes[m][1])
+    trial_gpus = workers * shapes[most_gpus][1]
     if use_gpu and gpus < trial_gpus:
-        raise ConfigError(f"use_gpu with {config.num_workers} worker(s) x {config.gpus_per_worker:g} GPU needs "
-                          f"{trial_gpus:g} GPU(s); the cluster has {gpus:g}")
+        raise ConfigError(f"use_gpu with {workers} worker(s) x {shapes[most_gpus][1]:g} GPU"
+                          f"{_of(config, most_gpus)} needs {trial_gpus:g} GPU(s); the cluster has {gpus:g}")
     cpus = cluster.get("CPU", 0.0)
-    per_worker = config.cpus_per_worker or 1.0
-    trial_cpus = config.num_workers * per_worker
+    most_cpus = max(shapes, key=lambda m: shapes[m][0])
+    trial_cpus = workers * shapes[most_cpus][0]
     by_cpu = math.floor(cpus / trial_cpus + 1e-9)
     by_gpu = math.floor(gpus / trial_gpus + 1e-9) if use_gpu else by_cpu
     fits = min(by_cpu, by_gpu)
     if fits < 1:
-        raise ConfigError(
-            f"a trial needs {trial_cpus:g} CPU(s) ({config.num_workers} worker(s) x {per_worker:g}); "
-            f"the cluster has {cpus:g}"
-        )
+        raise ConfigError(f"a trial{_of(config, most_cpus)} needs {trial_cpus:g} CPU(s) ({workers} worker(s) x "
+                          f"{shapes[most_cpus][0]:g}); the cluster has {cpus:g}")
     concurrency = min(fits, config.trials, config.max_concurrent or fits)
-    return Resources(config.num_workers, use_gpu, per_worker, config.gpus_per_worker, max(1, int(per_worker)),
-                     concurrency)
+    per_model = tuple((m, c, g) for m, (c, g) in shapes.items() if (c, g) != default)
+    return Resources(workers, use_gpu, default[0], default[1], _threads(default[0]), concurrency, per_model)
+
+
+def _threads(cpus_per_worker: float) -> int:
+    """torch's threads in a worker holding ``cpus_per_worker`` CPUs."""
+    return max(1, int(cpus_per_worker))
+
+
+def _of(config: SearchConfig, model: str) -> str:
+    """`` of MODEL`` when the models' trials differ in shape (which one a message is about), else nothing."""
+    return f" of {model}" if config.model_resources else ""
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:

@@ -2,7 +2,8 @@
 
 The Train run is named after the Tune trial, so a restored search finds each trial's run and checkpoints again
 (deterministic names are how Train V2 restores). Workers report an explicit ``epoch`` (Train V2 reports no
-``training_iteration``), which ASHA uses as its time attribute.
+``training_iteration``), which ASHA uses as its time attribute. Its workers hold the resources of the trial's model
+(``model_resources``), and its cost counts that model's devices per worker (:func:`for_trial`).
 
 Start-up: this module imports neither torch nor timm (only Ray Train's TorchTrainer does, when the trial runs),
 so unpickling the trainable is cheap. The Train controller polls its workers every :data:`POLL_S` (Ray's default
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 from tlsearch.search.session import Resources
@@ -49,6 +51,14 @@ def run_name(trial_id: str) -> str:
     return f"train-{trial_id}"
 
 
+def for_trial(model: str, spec: TrialSpec, resources: Resources) -> tuple[TrialSpec, Resources]:
+    """A trial of ``model``: its spec (input spec, torch threads, and the devices per worker its cost counts) and
+    its resources (its own CPUs and GPUs per worker when ``model_resources`` names it)."""
+    shape = resources.for_model(model)
+    own = replace(spec.for_model(model), threads=shape.threads, devices_per_worker=shape.devices_per_worker)
+    return own, shape
+
+
 def run_trial(
     config: dict[str, Any], *, spec: TrialSpec, payload: list[Any], resources: Resources, storage: str,
     deadline_s: float | None, feature_cache: Any = None, streamed: bool = False,
@@ -63,6 +73,7 @@ def run_trial(
     from tlsearch.worker import process_group_backend, train_loop_per_worker
 
     started_at = trial_started_at()
+    spec, resources = for_trial(str(config.get("model") or ""), spec, resources)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(POLL_S))  # Train passes it to its controller
     datasets = None
     if streamed:  # Ray Data streams the trial's training subset to its workers
