@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from tlsearch import features, models
+from tlsearch.errors import DataError
 from tlsearch.inputs import Payload, loaders
 from tlsearch.models import InputSpec
 from tlsearch.spec import TrialSpec
@@ -145,6 +149,8 @@ class _LocalCache:
         self.actor = features.FeatureCache()
         self.get = SimpleNamespace(remote=self.actor.get)
         self.put = SimpleNamespace(remote=self.actor.put)
+        self.claim = SimpleNamespace(remote=self.actor.claim)
+        self.release = SimpleNamespace(remote=self.actor.release)
 
 
 def test_the_cache_is_keyed_by_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,3 +176,84 @@ def test_the_cache_is_keyed_by_model(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sorted(key[:3] for key in keys) == [
         ("train", "resnet10t", 5), ("train", "test_resnet", 5), ("val", "resnet10t", 5), ("val", "test_resnet", 5)]
     assert got["test_resnet"].computed_images == 0  # the second test_resnet probe took the first one's features
+
+
+def _batches(ids: np.ndarray, dim: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(row ids, features) batches of ``ids`` in the order given: row r's features are all r."""
+    for start in range(0, len(ids), size):
+        rows = ids[start:start + size]
+        yield rows, np.repeat(rows[:, None], dim, axis=1).astype(np.float32)
+
+
+def test_stored_features_come_back_by_row_whatever_order_they_were_written_in(tmp_path: Path) -> None:
+    ids = np.random.default_rng(0).permutation(np.arange(100, 150))  # Ray Data returns rows in no fixed order
+    folder = features.key_folder(str(tmp_path), ("train", "test_resnet", 5, 0.5, 0))
+    features.write(folder, len(ids), _batches(ids, 3, 7))
+    wanted = np.array([149, 100, 120])
+    assert torch.equal(features.read(folder, wanted), torch.tensor(wanted, dtype=torch.float32)[:, None].repeat(1, 3))
+    with pytest.raises(DataError, match=r"rows \[7\] missing"):
+        features.read(folder, np.array([100, 7]))
+    other = features.key_folder(str(tmp_path), ("val", "test_resnet", 5))
+    with pytest.raises(DataError, match="got 50 row.*expected 51"):
+        features.write(other, 51, _batches(ids, 3, 7))
+    assert not list(Path(other).iterdir())  # nothing half-written under the key's name
+
+
+def test_every_model_depth_and_subset_has_its_own_folder(tmp_path: Path) -> None:
+    keys = [("train", "test_resnet", 5, 0.5, 0), ("train", "test_resnet", 4, 0.5, 0), ("train", "resnet10t", 5, 0.5, 0),
+            ("train", "test_resnet", 5, 0.25, 0), ("train", "test_resnet", 5, 0.5, 1), ("val", "test_resnet", 5),
+            ("train", "hf-hub:timm/a/b", 5, 0.5, 0)]
+    folders = {features.key_folder(str(tmp_path), key) for key in keys}
+    assert len(folders) == len(keys) and all(Path(f).parent == tmp_path for f in folders)
+    assert features.key_folder(str(tmp_path), keys[0]) == features.key_folder(str(tmp_path), keys[0])
+
+
+def test_features_are_written_one_batch_at_a_time(tmp_path: Path) -> None:
+    """16 MB of features in 64 batches: the writer never holds more than about one batch (256 kB)."""
+    import tracemalloc
+
+    ids = np.arange(64 * 64)
+    tracemalloc.start()
+    try:
+        features.write(str(tmp_path / "f"), len(ids), _batches(ids, 1024, 64))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / "f" / features.FEATURES).stat().st_size > 16 * 2**20
+    assert peak < 2 * 2**20, peak
+
+
+def test_a_streamed_pass_runs_once_and_the_next_trial_reads_its_features(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "get", lambda value: value)  # the local cache answers directly
+    cache, model = _LocalCache(), _frozen("test_resnet")
+    normalize = normalizer(SPEC, torch.device("cpu"))
+    images = torch.randint(0, 255, (10, 3, 32, 32), dtype=torch.uint8)
+    ids, reads = np.arange(20, 30), []
+
+    def batches() -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        for order in ([3, 4, 5], [0, 1, 2], [6, 7, 8, 9]):  # out of order, as Ray Data may deliver them
+            reads.append(order)
+            yield images[order], ids[order]
+
+    key = ("train", "test_resnet", 5, 0.5, 0)
+    first = features.stored(cache, key, str(tmp_path), len(ids), batches, model, normalize, 7.0, 2.0)
+    second = features.stored(cache, key, str(tmp_path), len(ids), batches, model, normalize, 7.0, 2.0)
+    assert first[2] and not second[2] and len(reads) == 3  # the second trial read no image
+    assert first[:2] == second[:2] and first[1].images == 10 and first[1].flops == 70.0 and first[1].devices == 2.0
+    assert torch.allclose(features.read(second[0], ids), features.compute(model, images, normalize), atol=1e-5)
+
+
+def test_one_trial_at_a_time_computes_a_key() -> None:
+    cache, key = features.FeatureCache(), ("val", "test_resnet", 5)
+    assert cache.claim(key, "a") and not cache.claim(key, "b")  # b waits for a
+    assert cache.claim(key, "a")  # a renews its claim
+    assert cache.claim(key, "b", lease_s=0.0)  # a claim nobody renewed lapses
+    cache.release(key, "a")  # not a's any more: nothing changes
+    assert not cache.claim(key, "a")
+    cache.release(key, "b")
+    assert cache.claim(key, "a")
+    cache.put(key, "folder", features.Pass("val/test_resnet/5", 1.0, 1.0, 2, 3.0))
+    assert not cache.claim(key, "c")  # stored: nobody computes it again

@@ -332,3 +332,31 @@ def test_two_workers_stream_disjoint_equal_shards_and_count_each_validation_imag
         assert not (set(train[0]) | set(train[1])) & (set(val[0]) | set(val[1]))
         assert ranks[0]["epochs"][epoch]["val_images"] == n_val  # all-reduced: each image once
     assert ranks[0]["epochs"][0]["train"] != ranks[0]["epochs"][1]["train"]  # reshuffled
+
+
+@pytest.mark.slow
+def test_streamed_linear_probes_share_one_feature_pass(tmp_path: Path, ray_2_cpus: None) -> None:
+    """Two probe trials on one streamed subset: the first streams the images through the frozen part once and
+    stores the features, the second reads them (``hit``); the pass is charged to both."""
+    from tlsearch import pretrain
+    from tlsearch.config import build_config
+    from tlsearch.search import run_search
+
+    weights = tmp_path / "source.safetensors"
+    pretrain("digits-split", "test_resnet", weights, epochs=1, image_size=24, echo=lambda _: None)
+    folder = write_parquet_images(tmp_path / "pq", 240, size=24, jpeg=True)
+    config = build_config(
+        None, dataset=str(folder), model="test_resnet", weights=str(weights), trials=2, max_epochs=2,
+        name="probe", results_dir=str(tmp_path / "results"), init="pretrained", freeze_depth="5", head_lr="3e-2",
+        data_fraction="0.5", val_size=40, batch_size=16, data_loading="stream", augment="light", max_concurrent=1,
+    )
+    trials = run_search(config, echo=lambda _: None, verbose=0).tables["trials"].to_pylist()
+    assert [t["status"] for t in trials] == ["completed"] * 2, [t["error"] for t in trials]
+    assert {t["data_loading"] for t in trials} == {"stream"}
+    assert {t["augment"] for t in trials} == {"none"}  # features of un-augmented images
+    miss, hit = sorted(trials, key=lambda t: t["feature_cache"] == "hit")
+    assert (miss["feature_cache"], hit["feature_cache"]) == ("miss", "hit")
+    assert miss["flops_per_sample"] == hit["flops_per_sample"] < 1e5  # the classifier alone
+    assert miss["shared_device_s"] == pytest.approx(hit["shared_device_s"]) and hit["shared_device_s"] > 0
+    stored = sorted(p.parent.name.split("-")[0] for p in (tmp_path / "results").rglob("features.npy"))
+    assert stored == ["train", "val"]  # one pass each, kept under the search's Ray storage

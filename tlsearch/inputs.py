@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from tlsearch import data as data_mod
-from tlsearch import features, models
+from tlsearch import features, models, stream
 from tlsearch.augment import Transform, augment_batch, train_transform
 from tlsearch.config import Hyper
 from tlsearch.errors import DataError
@@ -41,6 +41,7 @@ class Payload:
     split_seed: int
     test: np.ndarray | None = None  # held-out test indices: never seen by the search, only by confirm and export
     stream: StreamSource | None = None  # set: images stay where they are (``images`` is empty), Ray Data streams them
+    features_root: str | None = None  # streamed: where linear probes' frozen features are kept (any storage URI)
 
     def source_for(self, model: str) -> SourceWeights | None:
         """The pretrained weights of ``model`` (None when the search has none for it)."""
@@ -190,19 +191,18 @@ def trial_inputs(
     """The whole model on images; or, for a linear probe, its classifier on frozen features computed once.
 
     ``model`` and ``normalize`` are on the training device; the loaders are worker ``rank``'s of ``world``. A
-    streamed payload trains the whole model on this worker's Ray Data shard (:func:`tlsearch.stream.trial_inputs`).
+    streamed payload trains the whole model on this worker's Ray Data shard (:func:`tlsearch.stream.trial_inputs`),
+    a streamed linear probe on features stored once per key (:func:`tlsearch.stream.cached_features`).
     """
-    if payload.stream is not None:
-        from tlsearch import stream
-
-        return stream.trial_inputs(model, hp, spec, payload, normalize, with_test, rank=rank, world=world,
-                                   pin_memory=pin_memory)
     train_idx, val_idx = subset(payload, hp)
     test_idx = torch.from_numpy(payload.test) if with_test and payload.test is not None else None
     labels = payload.labels
     loss_fn = nn.CrossEntropyLoss()
     cached = _classifier_features(cache, model, hp, payload, (train_idx, val_idx, test_idx), normalize,
-                                  spec.devices_per_worker) if spec.feature_cache else None
+                                  spec.devices_per_worker, spec.eval_batch_size) if spec.feature_cache else None
+    if cached is None and payload.stream is not None:
+        return stream.trial_inputs(model, hp, spec, payload, normalize, with_test, rank=rank, world=world,
+                                   pin_memory=pin_memory)
     if cached is None:
         flops, _ = models.train_flops_per_sample(model, spec.input_spec, loss_fn)
         sets = [(payload.images[i], labels[i]) if i is not None else None for i in (train_idx, val_idx, test_idx)]
@@ -218,6 +218,7 @@ def trial_inputs(
         classifier, _identity, train, val, test, len(train_idx),
         _classifier_flops(classifier, cached.train[:2], loss_fn), "miss" if cached.computed_images else "hit",
         cached.passes, sum(p.seconds for p, here in zip(cached.passes, cached.here, strict=True) if here),
+        loading="memory" if payload.stream is None else "stream",
     )
 
 
@@ -228,12 +229,19 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 def _classifier_features(
     cache: Any, model: nn.Module, hp: Hyper, payload: Payload,
     idx: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], normalize: Any, devices: float,
+    batch_size: int = 512,
 ) -> features.Features | None:
-    """Cached frozen-part outputs for a linear probe, or None when the trial must run the whole model."""
+    """Cached frozen-part outputs for a linear probe, or None when the trial must run the whole model (streamed:
+    also when the search has no cache, as ``tlsearch confirm``, or no storage the features can be kept in)."""
     train_idx, val_idx, test_idx = idx
     if not features.eligible(model):
         return None
-    probe = normalize(payload.images[val_idx[:4]].to(_device_of(model)))  # the normaliser lives on that device
+    root = payload.features_root if payload.stream is not None and cache is not None else None
+    if payload.stream is not None and root is None:
+        return None
+    few = (payload.images[val_idx[:4]] if payload.stream is None
+           else stream.first_rows(payload.stream, payload.val[:4], payload.labels.numpy()))
+    probe = normalize(few.to(_device_of(model)))  # the normaliser lives on that device
     if not features.matches(model, probe):
         return None
     flops = features.forward_flops_per_image(model, probe[:2])
@@ -243,8 +251,14 @@ def _classifier_features(
     if test_idx is not None:
         keys.append(("test", hp.model, hp.freeze_depth))
         sets.append(test_idx)
-    got = [features.cached(cache, key, model, payload.images[i], normalize, flops, devices)
-           for key, i in zip(keys, sets, strict=True)]
+
+    def one(key: tuple[Any, ...], ids: torch.Tensor) -> tuple[torch.Tensor, features.Pass, bool]:
+        if root is None:
+            return features.cached(cache, key, model, payload.images[ids], normalize, flops, devices)
+        return stream.cached_features(cache, key, root, payload, ids.numpy(), model, normalize, flops, devices,
+                                      batch_size)
+
+    got = [one(key, i) for key, i in zip(keys, sets, strict=True)]
     computed = sum(len(i) for i, (_, _, here) in zip(sets, got, strict=True) if here)
     return features.Features(got[0][0], got[1][0], got[2][0] if test_idx is not None else None,
                    tuple(g[1] for g in got), tuple(g[2] for g in got), computed)

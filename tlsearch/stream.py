@@ -16,7 +16,14 @@ decodes and transforms each Train worker's shard while it trains, so no process 
   its shard (``ray.train.get_dataset_shard("train")``, equal shards, shuffled within a buffer reseeded every
   epoch). Validation (and, for ``tlsearch confirm``, test) rows are dealt ``rank, rank + world, ...`` and each
   worker streams its own share, unpadded, so every image is counted once. A search's trials never get test rows.
-* **Linear probes** run the whole model on streamed images: the feature cache works on the in-memory path only.
+* **Linear probes** train their classifier on frozen features, computed once per (model, depth, subset) and
+  validation (model, depth) as in memory (:mod:`tlsearch.features`): the first trial to claim a key from the
+  search's ``FeatureCache`` streams those rows, un-augmented, through the frozen part batch by batch, appending
+  each batch to NumPy files in ``<Ray storage>/features/<key>/`` (``RESULTS/NAME/_ray/features``; ``features.npy``
+  float32 N x D and ``rows.npy``). The cache then holds that folder and the pass's cost; later trials (or workers)
+  with the key wait for it and read features, not images (:func:`cached_features`). Memory while computing is one
+  batch, whatever the number of rows; a trial then holds its subset's features (D floats an image, not C x H x W
+  bytes). Augmentation never applies to cached features. ``tlsearch confirm`` (no cache) runs the whole model.
 
 The decode tasks ask the scheduler for no CPU (``num_cpus=0``, at most :data:`DECODE_TASKS` at once per dataset): a
 search hands every CPU to its trials' workers, and a worker waiting for its next batch leaves its CPU to them.
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from tlsearch.config import Hyper
+    from tlsearch.features import Pass
     from tlsearch.inputs import Payload, TrialInputs
     from tlsearch.spec import InputSpec, TrialSpec
 
@@ -286,6 +294,32 @@ def trial_inputs(model: nn.Module, hp: Hyper, spec: TrialSpec, payload: Payload,
     flops, _ = models.train_flops_per_sample(model, spec.input_spec, torch_nn.CrossEntropyLoss())
     return TrialInputs(model, normalize, train, share(payload.val), test, train_size, flops, "off",
                        loading="stream", augment=spec.augment)
+
+
+def cached_features(cache: Any, key: tuple[Any, ...], root: str, payload: Payload, ids: np.ndarray,
+                    model: nn.Module, normalize: Any, flops_per_image: float, devices: float,
+                    batch_size: int) -> tuple[torch.Tensor, Pass, bool]:
+    """(features of the rows ``ids`` in that order, their pass, computed here?): stored under ``root`` by the
+    first trial with ``key``, streaming the un-augmented rows through the frozen part ``batch_size`` at a time."""
+    from tlsearch import features
+
+    assert payload.stream is not None
+    source, labels = payload.stream, payload.labels.numpy()
+
+    def batches() -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        for batch in dataset(source, ids, labels).iter_torch_batches(batch_size=batch_size, device="cpu"):
+            yield batch["image"], batch["row"].numpy()
+
+    folder, cost, here = features.stored(cache, key, root, len(ids), batches, model, normalize, flops_per_image,
+                                         devices)
+    return features.read(folder, ids), cost, here
+
+
+def first_rows(source: StreamSource, ids: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+    """The images of the rows ``ids`` (a few: one batch), read here."""
+    import torch
+
+    return torch.from_numpy(next(local_batches(source, ids, labels, len(ids)))[0])
 
 
 class LocalBatches:

@@ -106,7 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "node_id": ray.get_runtime_context().get_node_id(), "feature_cache": inputs.cache_status,
         **inputs.shared_pass, **inputs.facts,
     }
-    devices = world * spec.devices_per_worker
+    devices = world * spec.devices_per_worker  # the trial's model's own (search.trial.for_trial)
     # This process's start-up: from the trial's start to here, less the shared passes it ran for other trials.
     cost.startup_s += max(0.0, time.time() - since - inputs.shared_seconds) * devices
     debug_dir = os.environ.get(DEBUG_ENV)

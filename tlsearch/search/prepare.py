@@ -82,7 +82,8 @@ class Plan:
         A search's trials get no test indices at all; only ``tlsearch confirm`` passes ``with_test``.
         """
         return Payload(self.images, self.labels, self.pool, self.val, self.sources or None, self.config.seed,
-                       self.test if with_test else None, self.stream)
+                       self.test if with_test else None, self.stream,
+                       storage.join(self.ray_storage, "features") if self.stream is not None else None)
 
     def trial_spec(self, resources: Resources) -> TrialSpec:
         """What every trial's workers need besides the searcher's choices."""
