@@ -24,11 +24,11 @@ from tlsearch.spec import TrialSpec
 METRIC, MODE = "val_acc", "max"
 WORKER_RETRIES = 1  # a Train worker that dies is restarted once, from the last checkpoint
 POLL_S = 0.5  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S unless the user set it; passed on to each Train controller
-_first_trial = True  # of this process
 
 
-def _process_started_at() -> float:
-    """When this process started (Linux: /proc), else now."""
+def trial_started_at() -> float:
+    """When this trial started: when its Tune function's process did (Tune starts one per trial; Linux: /proc),
+    else now."""
     try:
         with open("/proc/self/stat") as fh:
             ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
@@ -38,12 +38,6 @@ def _process_started_at() -> float:
     except (OSError, ValueError, IndexError, StopIteration):
         return time.time()
 
-
-def trial_started_at() -> float:
-    """The start of this trial: now, or, for the first trial a fresh process runs, the process's start."""
-    global _first_trial
-    started, _first_trial = (_process_started_at() if _first_trial else time.time()), False
-    return started
 
 
 def run_name(trial_id: str) -> str:
