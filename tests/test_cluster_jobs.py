@@ -501,3 +501,18 @@ def test_submit_to_a_real_ray_cluster_end_to_end(tmp_path: Path, monkeypatch: py
     finally:
         if head is not None:
             head.shutdown()
+
+
+def test_each_models_weights_file_is_shipped_on_its_own(work_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(work_dir)
+    (work_dir / "a.safetensors").write_bytes(b"x")
+    (tmp_path / "b.safetensors").write_bytes(b"x")
+    config = SearchConfig.from_dict({"model": "test_resnet,test_vit",
+                                     "weights": f"test_resnet=a.safetensors,test_vit={tmp_path / 'b.safetensors'}"})
+    notes: list[str] = []
+    shipped = jobs.ship_paths(config, work_dir, notes.append)
+    assert shipped.weights_by_model() == {"test_resnet": "a.safetensors",
+                                          "test_vit": str(tmp_path / "b.safetensors")}
+    assert len(notes) == 1 and notes[0].startswith(f"tlsearch: weights of test_vit {tmp_path / 'b.safetensors'} "
+                                                   f"is outside the working directory {work_dir}")

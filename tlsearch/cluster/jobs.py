@@ -109,23 +109,33 @@ def ship_paths(config: SearchConfig, working_dir: Path, note: Callable[[str], No
 
     Others (outside it, or left out of the upload) become absolute, with a note that they must exist at that
     path on the cluster nodes. Names that are not local paths (``digits-split``, ``s3://...``) stay as given.
+    Per-model weights (``a=FILE,b=FILE``) are shipped file by file.
     """
     changes: dict[str, Any] = {"address": None}  # the job runs on the cluster it was submitted to
     for key in PATH_FIELDS:
         raw = getattr(config, key)
-        if not raw or not storage.is_local(raw) or not Path(raw).expanduser().exists():
-            continue
-        path = Path(raw).expanduser().resolve()
-        if not path.is_relative_to(working_dir):
-            problem = f"is outside the working directory {working_dir}"
-        elif (rule := upload_exclusion(path, working_dir)) is not None:
-            problem = f"is left out of the upload by {rule}"
-        else:
-            changes[key] = path.relative_to(working_dir).as_posix()
-            continue
-        changes[key] = str(path)
-        note(f"tlsearch: {key} {raw} {problem}; it must exist at {path} on the cluster nodes")
+        if key == "weights" and raw and "=" in raw:
+            files = config.weights_by_model()
+            changes[key] = ",".join(f"{model}={_ship(f'weights of {model}', path, working_dir, note)}"
+                                    for model, path in files.items())
+        elif raw:
+            changes[key] = _ship(key, raw, working_dir, note)
     return replace(config, **changes)
+
+
+def _ship(what: str, raw: str, working_dir: Path, note: Callable[[str], None]) -> str:
+    """``raw`` as the job sees it: relative when it travels, else absolute (with a note), else as given."""
+    if not storage.is_local(raw) or not Path(raw).expanduser().exists():
+        return raw
+    path = Path(raw).expanduser().resolve()
+    if not path.is_relative_to(working_dir):
+        problem = f"is outside the working directory {working_dir}"
+    elif (rule := upload_exclusion(path, working_dir)) is not None:
+        problem = f"is left out of the upload by {rule}"
+    else:
+        return path.relative_to(working_dir).as_posix()
+    note(f"tlsearch: {what} {raw} {problem}; it must exist at {path} on the cluster nodes")
+    return str(path)
 
 
 def upload_exclusion(path: Path, working_dir: Path) -> str | None:
