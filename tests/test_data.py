@@ -115,6 +115,21 @@ def test_image_folder_with_split_folders(tmp_path: Path) -> None:
     assert data.load(str(tmp_path)).split is None
 
 
+def test_a_large_folder_decodes_in_parallel_and_in_order(tmp_path: Path) -> None:
+    """Enough images for the thread pool: each image lands at its own row, with its own label."""
+    from PIL import Image
+
+    root = write_image_folder(tmp_path / "big", classes=2, per_class=50, size=8)
+    dataset = data.load(str(root))
+    files = sorted((root / "class0").glob("*.png")) + sorted((root / "class1").glob("*.png"))
+    assert dataset.labels.tolist() == [0] * 50 + [1] * 50
+    for row in (0, 37, 50, 99):
+        assert np.array_equal(dataset.images[row], np.asarray(Image.open(files[row]).convert("RGB")))
+    (root / "class1" / "zz-broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="unreadable image .*zz-broken.png"):
+        data.load(str(root))
+
+
 def test_unreadable_image(image_folder: Path) -> None:
     (image_folder / "class0" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="unreadable image .*broken.png"):

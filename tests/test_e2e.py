@@ -64,6 +64,14 @@ def test_search_end_to_end(tmp_path: Path, ray_2_cpus: None) -> None:
     best = models.resolve_source("test_resnet", outcome.best_weights, default_spec)
     assert best.num_classes == 5 and best.input_spec.size == 16  # the exported model is usable as --weights
     assert _worker_groups_released(), "finished trials kept their workers' placement groups (CPUs never freed)"
+    started = _actor_classes()  # what Ray started for the trials: each a Train run, none with a preemption watcher
+    assert started.count("TrainController") >= 6 and "PreemptionWatcher" not in started, sorted(set(started))
+
+
+def _actor_classes() -> list[str]:
+    from ray.util.state import list_actors
+
+    return [a.class_name for a in list_actors(limit=10_000, detail=False, raise_on_missing_output=False)]
 
 
 def _worker_groups_released(timeout_s: float = 20.0) -> bool:

@@ -88,8 +88,8 @@ RUN_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--data-loading", type=click.Choice(["auto", "memory", "stream"]),
                  help="memory: decode the target once and share it through the object store; stream: Ray Data "
                       "reads, decodes and transforms each worker's shard as it trains (Parquet or ImageFolder, "
-                      "any size; linear probes run the whole model); auto: memory when the decoded images fit "
-                      "(default auto)."),
+                      "any size; linear probes still train on cached frozen features); auto: memory when the "
+                      "decoded images fit (default auto)."),
     click.option("--augment", type=click.Choice(["none", "light", "strong"]),
                  help="Training-time augmentation from timm's transform factory: light = random resized crop "
                       "(scale 0.35-1) + horizontal flip, strong = crop (0.08-1) + flip + RandAugment; validation "

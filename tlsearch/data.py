@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import struct
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -211,6 +212,21 @@ def _decode(blob: bytes, where: str) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def _decode_all(sources: Sequence[bytes | Path], where: Callable[[int], str]) -> list[np.ndarray]:
+    """Decode images (bytes, or files read here) in order, on a thread per core: Pillow's decoders release the
+    GIL, so a folder of JPEGs decodes about as many times faster as there are cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> np.ndarray:
+        source = sources[i]
+        return _decode(source.read_bytes() if isinstance(source, Path) else source, where(i))
+
+    if len(sources) < 64:
+        return [one(i) for i in range(len(sources))]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(one, range(len(sources))))
+
+
 def _stack(images: list[np.ndarray]) -> np.ndarray:
     """Stack decoded images, resizing odd sizes to the most common one and matching channels."""
     import torch
@@ -239,16 +255,18 @@ def _image_folder(root: Path) -> ImageSet:
     named = bool(folders) and all(p.name.lower() in SPLIT_NAMES for p in folders)
     parts = [(f, SPLIT_NAMES[f.name.lower()]) for f in folders] if named else [(root, TRAIN)]
     classes = sorted({c.name for part, _ in parts for c in part.iterdir() if c.is_dir()})
-    images, labels, split = [], [], []
+    files: list[Path] = []
+    labels, split = [], []
     for part, code in parts:
         for label, name in enumerate(classes):
-            files = sorted((part / name).rglob("*")) if (part / name).is_dir() else []
-            for file in files:
+            found = sorted((part / name).rglob("*")) if (part / name).is_dir() else []
+            for file in found:
                 if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
-                    images.append(_decode(file.read_bytes(), str(file)))
+                    files.append(file)
                     labels.append(label)
                     split.append(code)
     marks = np.array(split, dtype=np.int8) if named else None
+    images = _decode_all(files, lambda i: str(files[i]))
     return ImageSet(_stack(images), np.array(labels, dtype=np.int64), tuple(classes), marks)
 
 
@@ -276,7 +294,7 @@ def _parquet(path: Path) -> ImageSet:
     if pa.types.is_struct(column.type):
         column = column.combine_chunks().field("bytes")
     blobs = column.to_pylist()
-    images = [_decode(b, f"row {i} of {path}") for i, b in enumerate(blobs)]
+    images = _decode_all(blobs, lambda i: f"row {i} of {path}")
     labels, classes = class_labels(table.column(label_col).to_pylist(), f"Parquet dataset {path}: column {label_col!r}")
     split: np.ndarray | None
     if "split" in names:
