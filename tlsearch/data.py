@@ -214,7 +214,7 @@ def _decode(blob: bytes, where: str) -> np.ndarray:
 
 def _decode_all(sources: Sequence[bytes | Path], where: Callable[[int], str]) -> list[np.ndarray]:
     """Decode images (bytes, or files read here) in order, on a thread per core: Pillow's decoders release the
-    GIL, so a folder of JPEGs decodes about as many times faster as there are cores."""
+    GIL (measured on 2 cores: 1,000 JPEGs of 400x300 1.48x faster than one at a time; tiny images gain little)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i: int) -> np.ndarray:
