@@ -116,7 +116,7 @@ def test_image_folder_with_split_folders(tmp_path: Path) -> None:
 
 
 def test_a_large_folder_decodes_in_parallel_and_in_order(tmp_path: Path) -> None:
-    """Enough images for the thread pool: each image lands at its own row, with its own label."""
+    """Decoded on several threads, each image still lands at its own row, with its own label."""
     from PIL import Image
 
     root = write_image_folder(tmp_path / "big", classes=2, per_class=50, size=8)

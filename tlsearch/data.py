@@ -221,8 +221,6 @@ def _decode_all(sources: Sequence[bytes | Path], where: Callable[[int], str]) ->
         source = sources[i]
         return _decode(source.read_bytes() if isinstance(source, Path) else source, where(i))
 
-    if len(sources) < 64:
-        return [one(i) for i in range(len(sources))]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         return list(pool.map(one, range(len(sources))))
 
