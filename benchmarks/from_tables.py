@@ -114,7 +114,7 @@ def overhead(exp: report.Experiment, results_dir: str) -> tuple[float, list[str]
         f"per-trial gap (Tune's trial wall - worker's own): median {median(gaps):.1f} s, total {sum(gaps):.1f} s "
         f"({sum(gaps) / concurrency:.1f} s of search wall at concurrency {concurrency}); "
         f"{sum(first_gaps) / max(sum(gaps), 1e-9):.0%} of it before the first report, i.e. starting the trial's "
-        "Ray Train run and worker group (TorchTrainer controller, worker processes, torch process group) "
+        "Ray Train run and worker group (Train controller, worker processes, torch process group) "
         "before train_loop_per_worker starts",
         f"rest: search wall - sum(Tune trial wall) / concurrency = {info['wall_s']:.1f} - {tune_sum / concurrency:.1f}"
         f" = {idle:.1f} s (Ray start-up, trial scheduling, slots idle while the last trials finish)",

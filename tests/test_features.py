@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tlsearch import features, models
+from tlsearch import feature_cache, features, models
 from tlsearch.errors import DataError
 from tlsearch.inputs import Payload, loaders
 from tlsearch.models import InputSpec
@@ -77,12 +77,12 @@ def test_training_on_cached_features_equals_training_the_frozen_model() -> None:
 
 
 def test_cache_computes_once_per_key() -> None:
-    cache = features.FeatureCache()
+    cache = feature_cache.FeatureCache()
     value = torch.ones(2, 4)
-    first = features.Pass("train/5/0.1", seconds=2.0, devices=1.0, images=2, flops=10.0)
+    first = feature_cache.Pass("train/5/0.1", seconds=2.0, devices=1.0, images=2, flops=10.0)
     cache.put(("train", 5, 0.1), value, first)
     # a second trial's copy does not replace the first, nor its cost
-    cache.put(("train", 5, 0.1), torch.zeros(2, 4), features.Pass("train/5/0.1", 9.0, 1.0, 2, 10.0))
+    cache.put(("train", 5, 0.1), torch.zeros(2, 4), feature_cache.Pass("train/5/0.1", 9.0, 1.0, 2, 10.0))
     got = cache.get(("train", 5, 0.1))
     assert got is not None and torch.equal(got[0], value) and got[1] == first
     assert cache.get(("train", 4, 0.1)) is None  # another freeze depth is another key
@@ -94,8 +94,8 @@ def test_a_shared_pass_is_charged_evenly_to_every_trial_that_used_it() -> None:
 
     from tlsearch.search.tables import charge_shared_passes
 
-    train = features.Pass("train/5/0.1", seconds=3.0, devices=2.0, images=30, flops=90.0)
-    val = features.Pass("val/5", seconds=1.0, devices=2.0, images=10, flops=30.0)
+    train = feature_cache.Pass("train/5/0.1", seconds=3.0, devices=2.0, images=30, flops=90.0)
+    val = feature_cache.Pass("val/5", seconds=1.0, devices=2.0, images=10, flops=30.0)
     passes = {"a": json.dumps([asdict(train), asdict(val)]), "b": json.dumps([asdict(train), asdict(val)]),
               "c": json.dumps([asdict(val)]), "d": None}
     trials = [{"trial_id": t, "train_flops": 100.0} for t in "abcd"]
@@ -146,7 +146,7 @@ class _LocalCache:
     """A FeatureCache used in-process through the interface of its Ray actor handle (``get.remote``...)."""
 
     def __init__(self) -> None:
-        self.actor = features.FeatureCache()
+        self.actor = feature_cache.FeatureCache()
         self.get = SimpleNamespace(remote=self.actor.get)
         self.put = SimpleNamespace(remote=self.actor.put)
         self.claim = SimpleNamespace(remote=self.actor.claim)
@@ -247,7 +247,7 @@ def test_a_streamed_pass_runs_once_and_the_next_trial_reads_its_features(tmp_pat
 
 
 def test_one_trial_at_a_time_computes_a_key() -> None:
-    cache, key = features.FeatureCache(), ("val", "test_resnet", 5)
+    cache, key = feature_cache.FeatureCache(), ("val", "test_resnet", 5)
     assert cache.claim(key, "a") and not cache.claim(key, "b")  # b waits for a
     assert cache.claim(key, "a")  # a renews its claim
     assert cache.claim(key, "b", lease_s=0.0)  # a claim nobody renewed lapses
@@ -255,5 +255,5 @@ def test_one_trial_at_a_time_computes_a_key() -> None:
     assert not cache.claim(key, "a")
     cache.release(key, "b")
     assert cache.claim(key, "a")
-    cache.put(key, "folder", features.Pass("val/test_resnet/5", 1.0, 1.0, 2, 3.0))
+    cache.put(key, "folder", feature_cache.Pass("val/test_resnet/5", 1.0, 1.0, 2, 3.0))
     assert not cache.claim(key, "c")  # stored: nobody computes it again

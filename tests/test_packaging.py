@@ -72,3 +72,28 @@ def test_a_trials_tune_function_unpickles_without_torch_or_timm() -> None:
             "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'ray.train') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_trials_tune_function_and_train_controller_run_without_torch(tmp_path: Path) -> None:
+    """The Tune function builds the Train run; the controller unpickles its backend config and sets the process
+    group up through it. Neither may import torch (3 s each): only the workers train."""
+    built = tmp_path / "backend.pkl"
+    build = (
+        "import sys; from ray import cloudpickle; from tlsearch.search import trial, session; "
+        "from tlsearch.spec import InputSpec, TrialSpec; "
+        "spec = TrialSpec('m', 2, InputSpec(3, 32, (0.5,), (0.5,)), 1, 8, 8, 0.0, 0, 1, 1.0); "
+        "res = session.Resources(2, False, 1.0, 0.0, 1, 1); "
+        f"t = trial.build_trainer({{'lr': 0.1}}, name='train-x', spec=spec, payload=[], resources=res, "
+        f"storage={str(tmp_path)!r}); t._get_train_func(); "
+        f"open({str(built)!r}, 'wb').write(cloudpickle.dumps(t.backend_config)); "
+        "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules), type(t).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]", "DataParallelTrainer"]
+    control = (
+        f"import pickle, sys; c = pickle.load(open({str(built)!r}, 'rb')); b = c.backend_cls(); "
+        "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules), c.backend, "
+        "c.framework.name, b.share_cuda_visible_devices)"
+    )
+    out = subprocess.run([sys.executable, "-c", control], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[]", "gloo", "TORCH", "True"]

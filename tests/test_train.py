@@ -11,9 +11,10 @@ from tlsearch import models
 from tlsearch.errors import DataError
 from tlsearch.inputs import ShardBatches, loaders
 from tlsearch.models import InputSpec
+from tlsearch.search.backend import process_group_backend
 from tlsearch.spec import TrialSpec
 from tlsearch.train import Cost, Precision, evaluate, is_convolutional, normalizer, place
-from tlsearch.worker import _restore, _save, process_group_backend
+from tlsearch.worker import _restore, _save
 
 SPEC = InputSpec(3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

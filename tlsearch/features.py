@@ -3,15 +3,17 @@
 A trial whose trainable parameters all belong to the model's classifier (a linear probe) computes the frozen
 part's output (timm's ``forward_head(forward_features(x), pre_logits=True)``) once for its training subset and
 for the validation split, then trains and evaluates the classifier alone on those tensors. The outputs are kept
-in a :class:`FeatureCache` actor that lives as long as the search, keyed by (model, freeze depth, data subset):
-each model's weights and input are fixed within a search, so the key names everything the features depend on,
-and a new search starts with an empty cache. Before a trial uses cached features it checks, on a few images, that
-classifier(features) equals the model's own output; a model where that fails trains the usual way.
+in a :class:`~tlsearch.feature_cache.FeatureCache` actor that lives as long as the search, keyed by (model,
+freeze depth, data subset): each model's weights and input are fixed within a search, so the key names everything
+the features depend on, and a new search starts with an empty cache. Before a trial uses cached features it
+checks, on a few images, that classifier(features) equals the model's own output; a model where that fails trains
+the usual way.
 
 A streamed search (:mod:`tlsearch.stream`) keeps no image in memory, so neither do its features: the trial that
-claims a key (:meth:`FeatureCache.claim`) streams the rows through the frozen part batch by batch, appends each
-batch to ``features.npy`` and ``rows.npy`` in the key's folder (:func:`write`), and the cache holds that folder;
-every trial with the key reads the features from it (:func:`read`), none reads the images.
+claims a key (:meth:`~tlsearch.feature_cache.FeatureCache.claim`) streams the rows through the frozen part batch
+by batch, appends each batch to ``features.npy`` and ``rows.npy`` in the key's folder (:func:`write`), and the
+cache holds that folder; every trial with the key reads the features from it (:func:`read`), none reads the
+images.
 """
 
 from __future__ import annotations
@@ -31,55 +33,10 @@ from torch import nn
 
 from tlsearch import models, storage
 from tlsearch.errors import DataError
+from tlsearch.feature_cache import Pass
 
-LEASE_S = 300.0  # a claim to compute a key lapses when its holder has not renewed it for this long
 WAIT_S = 0.5  # how often a trial waiting for another's features asks the cache again
 FEATURES, ROWS = "features.npy", "rows.npy"  # a stored key's files: float32 N x D, and each row's id (int64 N)
-
-
-class FeatureCache:
-    """A Ray actor holding frozen-part outputs for one search (created by the driver, ``num_cpus=0``)."""
-
-    def __init__(self) -> None:
-        # in memory: the features; streamed: the folder they are stored in
-        self._store: dict[tuple[Any, ...], tuple[torch.Tensor | str, Pass]] = {}
-        self._claims: dict[tuple[Any, ...], tuple[str, float]] = {}  # key -> (owner, last renewed, monotonic)
-
-    def get(self, key: tuple[Any, ...]) -> tuple[torch.Tensor | str, Pass] | None:
-        return self._store.get(key)
-
-    def put(self, key: tuple[Any, ...], value: torch.Tensor | str, cost: Pass) -> None:
-        self._store.setdefault(key, (value, cost))
-        self._claims.pop(key, None)
-
-    def claim(self, key: tuple[Any, ...], owner: str, lease_s: float = LEASE_S) -> bool:
-        """Should ``owner`` compute ``key``? Yes unless it is stored or another owner holds a claim renewed within
-        ``lease_s``; asking again renews one's own claim (a holder that died stops renewing, and its claim lapses)."""
-        now = time.monotonic()
-        held = self._claims.get(key)
-        if key in self._store or (held is not None and held[0] != owner and now - held[1] < lease_s):
-            return False
-        self._claims[key] = (owner, now)
-        return True
-
-    def release(self, key: tuple[Any, ...], owner: str) -> None:
-        """``owner`` gives up computing ``key`` (it failed): the next trial to ask claims it."""
-        if self._claims.get(key, ("", 0.0))[0] == owner:
-            del self._claims[key]
-
-    def keys(self) -> list[tuple[Any, ...]]:
-        return list(self._store)
-
-
-@dataclass(frozen=True)
-class Pass:
-    """What one frozen-part pass over a set of images cost: the trials that use its output share it evenly."""
-
-    key: str
-    seconds: float
-    devices: float  # what the worker that ran it held (CPUs or GPUs): device-seconds = seconds x devices
-    images: int
-    flops: float
 
 
 @dataclass(frozen=True)

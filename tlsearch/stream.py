@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from tlsearch.config import Hyper
-    from tlsearch.features import Pass
+    from tlsearch.feature_cache import Pass
     from tlsearch.inputs import Payload, TrialInputs
     from tlsearch.spec import InputSpec, TrialSpec
 

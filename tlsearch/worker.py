@@ -38,12 +38,6 @@ from tlsearch.train import (
 )
 
 
-def process_group_backend(num_workers: int, use_gpu: bool, gpus_per_worker: float) -> str:
-    """NCCL when each worker has a GPU of its own; gloo on CPUs and when a trial's workers may share one GPU
-    (NCCL refuses two ranks on one device; gloo all-reduces CUDA tensors too)."""
-    return "nccl" if use_gpu and (num_workers == 1 or gpus_per_worker >= 1) else "gloo"
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function: build, (resume), train, evaluate and report every epoch.
 

@@ -71,7 +71,7 @@ def make_tuner(plan: Plan, resources: Resources, resuming: bool, verbose: int) -
     import ray
     from ray import tune
 
-    from tlsearch.features import FeatureCache
+    from tlsearch.feature_cache import FeatureCache
     from tlsearch.space import DefineByRun
     from tlsearch.stopping import PruningOptunaSearch, ResumableASHA
 

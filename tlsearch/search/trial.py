@@ -5,8 +5,9 @@ The Train run is named after the Tune trial, so a restored search finds each tri
 ``training_iteration``), which ASHA uses as its time attribute. Its workers hold the resources of the trial's model
 (``model_resources``), and its cost counts that model's devices per worker (:func:`for_trial`).
 
-Start-up: this module imports neither torch nor timm (only Ray Train's TorchTrainer does, when the trial runs),
-so unpickling the trainable is cheap. The Train controller polls its workers every :data:`POLL_S` (Ray's default
+Start-up: neither this module nor the trial's Tune function and Train controller import torch or timm (the
+trainer is a ``DataParallelTrainer`` with the torch backend of :mod:`tlsearch.search.backend`); only the workers
+do. The Train controller polls its workers every :data:`POLL_S` (Ray's default
 is 2 s), so a trial's reports reach ASHA, and its end reaches Tune, sooner. A trial's start-up is counted from the
 start of the process that runs its Tune function (Tune starts one per trial).
 """
@@ -58,13 +59,10 @@ def run_trial(
     deadline_s: float | None, feature_cache: Any = None, streamed: bool = False,
 ) -> None:
     """The Tune function trainable: one Ray Train run per trial, named after the trial so a restore finds it."""
-    import ray.train
     from ray import tune
-    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from tlsearch.stopping import fit_with_deadline
-    from tlsearch.worker import process_group_backend, train_loop_per_worker
 
     started_at = trial_started_at()
     spec, resources = for_trial(str(config.get("model") or ""), spec, resources)
@@ -76,10 +74,30 @@ def run_trial(
         from tlsearch.stream import trial_datasets
 
         datasets = trial_datasets(ray.get(payload[0]), config, spec)
+    trainer = build_trainer(
+        config, name=run_name(tune.get_context().get_trial_id()), spec=spec, payload=payload, resources=resources,
+        storage=storage, feature_cache=feature_cache, datasets=datasets, started_at=started_at,
+        callbacks=[TuneReportCallback()],
+    )
+    fit_with_deadline(trainer.fit, deadline_s)
+
+
+def build_trainer(
+    config: dict[str, Any], *, name: str, spec: TrialSpec, payload: list[Any], resources: Resources, storage: str,
+    feature_cache: Any = None, datasets: dict[str, Any] | None = None, started_at: float = 0.0,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The trial's Train run: ``train_loop`` on ``resources.num_workers`` workers over a torch process group;
+    ``callbacks`` are Train's (the Tune function passes Tune's ``TuneReportCallback``)."""
+    import ray.train
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from tlsearch.search.backend import TorchBackendConfig, process_group_backend, train_loop
+
     backend = process_group_backend(resources.num_workers, resources.use_gpu, resources.gpus_per_worker)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        torch_config=TorchConfig(backend=backend),
+    return DataParallelTrainer(
+        train_loop,
+        backend_config=TorchBackendConfig(backend=backend),
         datasets=datasets,
         train_loop_config={"spec": spec, "hp": config, "payload": payload, "feature_cache": feature_cache,
                            "started_at": started_at},
@@ -88,9 +106,9 @@ def run_trial(
             resources_per_worker=resources.worker_resources(),
         ),
         run_config=ray.train.RunConfig(
-            name=run_name(tune.get_context().get_trial_id()),
+            name=name,
             storage_path=storage,
-            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
+            callbacks=callbacks or [],
             # The best and (always kept by Ray) the latest checkpoint; older ones are deleted.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE
@@ -98,4 +116,3 @@ def run_trial(
             failure_config=ray.train.FailureConfig(max_failures=WORKER_RETRIES),
         ),
     )
-    fit_with_deadline(trainer.fit, deadline_s)
