@@ -81,19 +81,18 @@ def test_a_run_restored_from_its_final_checkpoint_reports_its_epochs_again(tmp_p
     the Train run restores from that checkpoint and must report the final epoch again, or Tune gets no result.
     """
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
     from ray.train.v2.api.callback import UserCallback
 
     from tlsearch.search import Resources
     from tlsearch.search.prepare import prepare
-    from tlsearch.worker import train_loop_per_worker
+    from tlsearch.search.trial import build_trainer
 
     config = build_config(None, dataset="digits-split", model="test_resnet", init="scratch", image_size=16,
                           max_epochs=2, results_dir=str(tmp_path / "results"))
     plan = prepare(config)
-    spec = plan.trial_spec(Resources(num_workers=1, use_gpu=False, cpus_per_worker=1.0, gpus_per_worker=0.0,
-                                     threads=1, concurrency=1))
+    resources = Resources(num_workers=1, use_gpu=False, cpus_per_worker=1.0, gpus_per_worker=0.0, threads=1,
+                          concurrency=1)
+    spec = plan.trial_spec(resources)
     payload = [ray.put(plan.payload())]
     hp = {"init": "scratch", "freeze_depth": 0, "head_lr": 1e-3, "backbone_lr": 1e-3, "data_fraction": 0.5}
 
@@ -108,12 +107,8 @@ def test_a_run_restored_from_its_final_checkpoint_reports_its_epochs_again(tmp_p
                 fh.write(f"{metrics[0]['epoch']}{'r' if metrics[0].get('restored') else ''}\n")
 
     def fit(log: Path) -> list[int]:
-        TorchTrainer(
-            train_loop_per_worker, train_loop_config={"spec": spec, "hp": hp, "payload": payload},
-            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-            run_config=ray.train.RunConfig(name="final", storage_path=str(tmp_path / "train"),
-                                           callbacks=[ReportsToFile(log)]),
-        ).fit()
+        build_trainer(hp, name="final", spec=spec, payload=payload, resources=resources,
+                      storage=str(tmp_path / "train"), callbacks=[ReportsToFile(log)]).fit()
         return log.read_text().split() if log.exists() else []
 
     assert fit(tmp_path / "first.log") == ["1", "2"]
