@@ -111,14 +111,14 @@ def cached_probe(
         return len(images)
 
     net: nn.Module = model.get_classifier()  # type: ignore[operator]
-    head_flops = train._classifier_flops(net, store["train"][:2], loss_fn)
+    head_flops = inputs._classifier_flops(net, store["train"][:2], loss_fn)
     forward_flops = features.forward_flops_per_image(model, probe_images[:2])
     # Evaluation is not timed (as for every depth row); the validation loader is built over a stand-in.
     loader = inputs.loaders((store["train"], train_y), (store["train"][:1], train_y[:1]), spec)[0]
     optimizer, scheduler = train.make_optimizer(model, plan, hp, spec.weight_decay, len(loader))
 
     def head_epoch() -> int:
-        return train.train_epoch(net, loader, train._identity, optimizer, scheduler, loss_fn)[1]
+        return train.train_epoch(net, loader, inputs._identity, optimizer, scheduler, loss_fn)[1]
 
     return feature_pass, head_epoch, head_flops, forward_flops
 

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(tempfile.mkdtemp(prefix="tlsearch-models-"))
-    rows, by_search = [], {label: [] for label in SEARCHES}
+    rows: list[list[object]] = []
+    by_search: dict[str, list[dict]] = {label: [] for label in SEARCHES}
     try:
         for seed in seeds:
             for i, (label, models) in enumerate(SEARCHES.items()):
