@@ -7,8 +7,8 @@ The Train run is named after the Tune trial, so a restored search finds each tri
 
 Start-up: neither this module nor the trial's Tune function and Train controller import torch or timm (the
 trainer is a ``DataParallelTrainer`` with the torch backend of :mod:`tlsearch.search.backend`); only the workers
-do. The Train controller polls its workers every :data:`POLL_S` (Ray's default
-is 2 s), so a trial's reports reach ASHA, and its end reaches Tune, sooner. A trial's start-up is counted from the
+do. The Train controller polls its workers every :data:`POLL_S` (Ray's default is 2 s), so a trial's reports
+reach ASHA, and its end reaches Tune, sooner. A trial's start-up is counted from the
 start of the process that runs its Tune function (Tune starts one per trial).
 """
 
