@@ -40,7 +40,7 @@ def test_an_unconfirmed_report_says_so_and_never_compares_across_fractions(resul
     text = "\n".join(out.lines)
     assert "best: trial p2: pretrained, freeze_depth 0" in text
     assert ("data_fraction 1: pretrained reached 80.00% with 2.4 times less compute (100.0 vs 240.0 device-s, "
-            "3x fewer FLOPs)") in text
+            "3 times fewer FLOPs)") in text
     summary = json.loads(Path(out.summary).read_text())
     assert summary["confirmed"] is False and summary["per_data_fraction"] == []
     assert [(r["data_fraction"], r["ratio"], r["basis"]) for r in summary["compute_to_target_unconfirmed"]] == [
@@ -126,3 +126,16 @@ def test_a_report_on_s3(tmp_path: Path, s3_uri: str) -> None:
 @pytest.mark.parametrize("name", ["summary", "write_report", "load_experiment", "build_report", "ReportError"])
 def test_the_public_names_are_exported(name: str) -> None:
     assert name in report.__all__ and getattr(report, name) is not None
+
+
+def test_a_ratio_below_one_reads_as_more_compute_not_less() -> None:
+    """Scratch reaching the target cheaper than pretrained: "1.08 times more compute", never "0.924 times less"."""
+    from tlsearch.report.analysis import Hit, TargetRow
+    from tlsearch.report.markdown import target_sentence
+
+    cheaper = TargetRow(0.01, 0.375, pretrained=Hit(16.7, 1e11), scratch=Hit(15.4, 5.4e11))
+    assert target_sentence(cheaper) == ("pretrained reached 37.50% with 1.08 times more compute (16.7 vs 15.4 "
+                                        "device-s, 5.4 times fewer FLOPs)")
+    dearer = TargetRow(0.1, 0.9, pretrained=Hit(10.0, 4e11), scratch=Hit(24.0, 2e11))
+    assert target_sentence(dearer) == ("pretrained reached 90.00% with 2.4 times less compute (10.0 vs 24.0 "
+                                       "device-s, 2 times more FLOPs)")

@@ -89,11 +89,17 @@ def best_text(best: dict[str, Any] | None) -> str:
     )
 
 
+def times(ratio: float, fewer: str, more: str) -> str:
+    """A scratch/pretrained ratio in words: ``2.4 times less`` when pretrained paid less, ``1.08 times more`` when
+    it paid more (never "0.924 times less")."""
+    return f"{ratio:.3g} times {fewer}" if ratio >= 1 else f"{1 / ratio:.3g} times {more}"
+
+
 def target_sentence(row: TargetRow) -> str:
     p, s = row.pretrained, row.scratch
     if row.compute_ratio is not None:
-        flops = f", {row.flops_ratio:.3g}x fewer FLOPs" if row.flops_ratio is not None else ""
-        return (f"pretrained reached {pct(row.target)} with {row.compute_ratio:.3g} times less compute "
+        flops = f", {times(row.flops_ratio, 'fewer', 'more')} FLOPs" if row.flops_ratio is not None else ""
+        return (f"pretrained reached {pct(row.target)} with {times(row.compute_ratio, 'less', 'more')} compute "
                 f"({p.compute_s:.1f} vs {s.compute_s:.1f} device-s{flops})")
     if p.compute_s is not None:
         return f"pretrained reached {pct(row.target)} in {p.compute_s:.1f} device-s; scratch: not reached"
