@@ -8,8 +8,10 @@ weights file is needed, 8 trials of at most 2 epochs, seed 0) runs from each che
 (``trials.startup_s``: from the start of the trial's Tune function process to its first training step,
 device-seconds), with the search's wall (``experiments.wall_s``).
 
-Prints per checkout the median start-up over all its trials, the median search wall and B/A for both, and appends a
-row to benchmarks/results.md (goal: a median start-up of at most 3 s).
+Prints per checkout (named by its commit) the median start-up over all its trials and the median search wall; B/A
+for both, and for start-up also the ratio of geometric means with a 95% bootstrap interval over trials
+(``report.stats.ratio_interval``) and a verdict; appends a row to benchmarks/results.md (goal: a median start-up of
+at most 3 s).
 
 Run: ``.venv/bin/python benchmarks/startup_ab.py --a /tmp/base --b . [--rounds 2] [--no-record]``
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from _common import append_result, median, table
 
 from tlsearch import results
+from tlsearch.report.stats import ratio_interval
 
 GOAL_S = 3.0
 SEARCH = "--dataset=digits --image-size=32 --init=scratch --trials=8 --max-epochs=2 --seed=0"
@@ -44,6 +47,27 @@ def run_search(checkout: Path, flags: list[str], results_dir: str, name: str) ->
     return startups, wall
 
 
+def describe(checkout: Path) -> str:
+    """The checkout's commit (and ``+changes`` when its tree differs from it), else its path."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return str(checkout)
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def verdict(low: float | None, high: float | None) -> str:
+    if low is None or high is None:
+        return "too few trials for an interval"
+    if high < 1:
+        return "B starts faster"
+    if low > 1:
+        return "B starts slower"
+    return "no difference shown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", type=Path, required=True, help="checkout A (the baseline)")
@@ -56,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, path in checkouts.items():
         if not (path / "tlsearch" / "__init__.py").is_file():
             parser.error(f"--{label.lower()} {path}: no tlsearch package there")
+    names = {label: describe(path) for label, path in checkouts.items()}
     order = [label for r in range(args.rounds) for label in (("A", "B") if r % 2 == 0 else ("B", "A"))]
     startups: dict[str, list[float]] = {"A": [], "B": []}
     walls: dict[str, list[float]] = {"A": [], "B": []}
@@ -65,21 +90,26 @@ def main(argv: list[str] | None = None) -> int:
             trial_startups, search_wall = run_search(checkouts[label], args.search.split(), out, f"{label}-{i}")
             startups[label] += trial_startups
             walls[label].append(search_wall)
-            print(f"{label} ({checkouts[label]}): {len(trial_startups)} trials, start-up median "
+            print(f"{label} ({names[label]}): {len(trial_startups)} trials, start-up median "
                   f"{median(trial_startups):.1f} device-s, search wall {search_wall:.0f} s "
                   f"({time.perf_counter() - started:.0f} s with Ray's start)", flush=True)
     med = {label: median(values) for label, values in startups.items()}
     wall = {label: median(values) for label, values in walls.items()}
     print(table(["checkout", "trials", "start-up median (device-s)", "search wall median (s)"],
-                [[f"{label}: {checkouts[label]}", len(startups[label]), f"{med[label]:.1f}", f"{wall[label]:.0f}"]
+                [[f"{label}: {names[label]}", len(startups[label]), f"{med[label]:.1f}", f"{wall[label]:.0f}"]
                  for label in ("A", "B")]))
-    print(f"B/A: start-up {med['B'] / med['A']:.2f}x, search wall {wall['B'] / wall['A']:.2f}x "
+    # Trials of one search share its load, so the interval over trials is on the narrow side.
+    geo = ratio_interval(startups["B"], startups["A"])
+    said = verdict(geo.low, geo.high)
+    print(f"B/A: start-up medians {med['B'] / med['A']:.2f}x; geometric means {geo.text(spec='.2f', suffix='x')}, "
+          f"95% interval over trials: {said}; search wall {wall['B'] / wall['A']:.2f}x "
           f"({args.rounds} round(s), order {' '.join(order)})")
     if not args.no_record:
-        numbers = (f"`{args.search}`, {' '.join(order)}: start-up median A {med['A']:.1f} vs B {med['B']:.1f} "
-                   f"device-s/trial ({len(startups['A'])} and {len(startups['B'])} trials), B/A "
-                   f"{med['B'] / med['A']:.2f}x; search wall median A {wall['A']:.0f} vs B {wall['B']:.0f} s, B/A "
-                   f"{wall['B'] / wall['A']:.2f}x")
+        numbers = (f"A {names['A']} vs B {names['B']}, `{args.search}`, {' '.join(order)}: start-up median A "
+                   f"{med['A']:.1f} vs B {med['B']:.1f} device-s/trial ({len(startups['A'])} and "
+                   f"{len(startups['B'])} trials), B/A {med['B'] / med['A']:.2f}x (geometric means "
+                   f"{geo.text(spec='.2f', suffix='x')}: {said}); search wall median A {wall['A']:.0f} vs B "
+                   f"{wall['B']:.0f} s, B/A {wall['B'] / wall['A']:.2f}x")
         best = min(med.values())
         append_result("startup_ab", numbers, f"goal start-up <= {GOAL_S:g} s {'MET' if best <= GOAL_S else 'MISSED'} "
                       f"({best:.1f})", False)
