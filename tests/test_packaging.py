@@ -64,10 +64,14 @@ def test_importing_the_package_does_not_import_torch() -> None:
     assert out.strip() == "False"
 
 
+# A trial's spec, built in a fresh interpreter by the tests below (what a Tune function receives).
+SPEC_CODE = ("from tlsearch.spec import InputSpec, TrialSpec; "
+             "spec = TrialSpec('m', 2, InputSpec(3, 32, (0.5,), (0.5,)), 1, 8, 8, 0.0, 0, 1, 1.0); ")
+
+
 def test_a_trials_tune_function_unpickles_without_torch_or_timm() -> None:
     """What each trial's Tune function process loads before it runs: the trial module and its TrialSpec."""
-    code = ("import pickle, sys; from tlsearch.search import trial; from tlsearch.spec import InputSpec, TrialSpec; "
-            "spec = TrialSpec('m', 2, InputSpec(3, 32, (0.5,), (0.5,)), 1, 8, 8, 0.0, 0, 1, 1.0); "
+    code = ("import pickle, sys; from tlsearch.search import trial; " + SPEC_CODE +
             "pickle.loads(pickle.dumps((trial.run_trial, spec))); "
             "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'ray.train') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -79,9 +83,7 @@ def test_a_trials_tune_function_and_train_controller_run_without_torch(tmp_path:
     group up through it. Neither may import torch (3 s each): only the workers train."""
     built = tmp_path / "backend.pkl"
     build = (
-        "import sys; from ray import cloudpickle; from tlsearch.search import trial, session; "
-        "from tlsearch.spec import InputSpec, TrialSpec; "
-        "spec = TrialSpec('m', 2, InputSpec(3, 32, (0.5,), (0.5,)), 1, 8, 8, 0.0, 0, 1, 1.0); "
+        "import sys; from ray import cloudpickle; from tlsearch.search import trial, session; " + SPEC_CODE +
         "res = session.Resources(2, False, 1.0, 0.0, 1, 1); "
         f"t = trial.build_trainer({{'lr': 0.1}}, name='train-x', spec=spec, payload=[], resources=res, "
         f"storage={str(tmp_path)!r}); t._get_train_func(); "

@@ -116,10 +116,3 @@ def _leave_process_group(*, destroy: bool) -> None:
     from ray.train.torch.config import _shutdown_torch
 
     _shutdown_torch(destroy_process_group=destroy)
-
-
-def train_loop(config: dict[str, Any]) -> None:
-    """The Train worker function, imported (with torch and timm) in the worker only."""
-    from tlsearch.worker import train_loop_per_worker
-
-    train_loop_per_worker(config)

@@ -92,7 +92,7 @@ def build_trainer(
     import ray.train
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from tlsearch.search.backend import TorchBackendConfig, process_group_backend, train_loop
+    from tlsearch.search.backend import TorchBackendConfig, process_group_backend
 
     backend = process_group_backend(resources.num_workers, resources.use_gpu, resources.gpus_per_worker)
     return DataParallelTrainer(
@@ -116,3 +116,11 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(max_failures=WORKER_RETRIES),
         ),
     )
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """The Train worker function: :func:`tlsearch.worker.train_loop_per_worker`, imported (with torch and timm) in
+    the worker only, so the Tune function and the controller pickle and unpickle a reference to this one."""
+    from tlsearch.worker import train_loop_per_worker
+
+    train_loop_per_worker(config)
